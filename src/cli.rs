@@ -1,0 +1,477 @@
+//! The command line: clap derive structs only, turned into validated settings in
+//! one place ([`ExportArgs::settings`], [`SimArgs::config`]). Nothing below the CLI
+//! sees clap types.
+
+use std::path::PathBuf;
+use std::time::Duration;
+
+use clap::{Args, Parser, Subcommand, ValueEnum};
+
+use jdop::error::{Error, Result};
+use jdop::export::ExportConfig;
+use jdop::fetch::{Limits, RetryPolicy};
+use jdop::platform::{ClientConfig, Method, Secret, Target, MAX_PAGE_SIZE};
+use jdop::sim::{DatasetSpec, FailMode, Oversize, PastEnd, SimConfig};
+use jdop::sink::{Format, ParquetOptions};
+
+pub const EXIT_CODES: &str = "\
+Exit codes:
+  0    success
+  1    unexpected internal failure
+  2    bad command line or settings (unknown flag, bad dataset id, no appsecret, ...)
+  3    the platform refused a call (status 0: wrong appsecret, unknown dataset, ...)
+  4    the platform could not be reached or kept failing after all retries
+  5    the platform answered something that is not its JSON envelope or a page of records
+  6    the snapshot could not be written (disk full, permissions, ...)
+  7    the dataset changed during the export (rerun, or --allow-inconsistent)
+  130  interrupted (Ctrl-C); nothing was published
+
+The appsecret is read from JDOP_APPSECRET or --appsecret-file FILE; it never appears
+in output, logs, errors, manifests or file names.";
+
+#[derive(Debug, Parser)]
+#[command(
+    name = "jdop",
+    version,
+    about = "Snapshot datasets of the Zhejiang open-data platform (浙江省数据开放平台) into Parquet or CSV",
+    after_help = EXIT_CODES
+)]
+pub struct Cli {
+    #[command(subcommand)]
+    pub command: Command,
+}
+
+#[derive(Debug, Subcommand)]
+pub enum Command {
+    /// Export one dataset to Parquet or CSV files plus manifest.json
+    #[command(after_help = EXIT_CODES)]
+    Export(ExportArgs),
+    /// Print the dataset's record count (get_total.do)
+    #[command(alias = "count")]
+    Total(QueryArgs),
+    /// Print the dataset's update date (get_dataupdate_date.do)
+    #[command(alias = "update-date")]
+    Updated(QueryArgs),
+    /// Serve the built-in platform simulator over HTTP
+    #[command(alias = "simulator")]
+    Sim(SimArgs),
+    /// Run the whole export against the built-in simulator (about 50,000 records)
+    Demo(DemoArgs),
+}
+
+#[derive(Debug, Clone, Copy, ValueEnum)]
+pub enum FormatArg {
+    Parquet,
+    Csv,
+}
+
+#[derive(Debug, Clone, Copy, ValueEnum)]
+pub enum MethodArg {
+    Post,
+    Get,
+}
+
+/// How to reach a dataset.
+#[derive(Debug, Args)]
+pub struct Conn {
+    /// Dataset id (`cata_3820` or `3820`) or a pasted interface URL
+    /// (`http://HOST/jdop_front/interfaces/cata_3820/get_data.do`)
+    pub dataset: String,
+
+    /// Base URL of the platform, e.g. http://data.zjzwfw.gov.cn/jdop_front
+    #[arg(long, env = "JDOP_BASE_URL")]
+    pub base_url: Option<String>,
+
+    /// Read the appsecret from this file (first line). Default: $JDOP_APPSECRET
+    #[arg(long, value_name = "FILE")]
+    pub appsecret_file: Option<PathBuf>,
+
+    /// The appsecret itself. Discouraged: it stays in shell history and `ps`;
+    /// prefer JDOP_APPSECRET or --appsecret-file
+    #[arg(long, value_name = "SECRET")]
+    pub appsecret: Option<String>,
+
+    /// HTTP method; POST keeps the appsecret out of URLs
+    #[arg(long, value_enum, default_value = "post")]
+    pub method: MethodArg,
+
+    /// Per-request timeout in seconds
+    #[arg(long, default_value_t = 60.0, value_name = "SECS")]
+    pub timeout: f64,
+
+    /// Retries of a transient failure (timeouts, 5xx, 429, HTML bodies)
+    #[arg(long, default_value_t = 6, value_name = "N")]
+    pub max_retries: u32,
+
+    /// First retry delay in milliseconds (doubles up to --retry-max-delay-ms, with jitter)
+    #[arg(long, default_value_t = 500, value_name = "MS")]
+    pub retry_min_delay_ms: u64,
+
+    /// Longest retry delay in milliseconds
+    #[arg(long, default_value_t = 30_000, value_name = "MS")]
+    pub retry_max_delay_ms: u64,
+}
+
+#[derive(Debug, Args)]
+pub struct QueryArgs {
+    #[command(flatten)]
+    pub conn: Conn,
+    /// Print JSON on stdout
+    #[arg(long)]
+    pub json: bool,
+}
+
+#[derive(Debug, Args)]
+pub struct ExportArgs {
+    #[command(flatten)]
+    pub conn: Conn,
+
+    /// Output folder; replaced atomically when the export completes
+    #[arg(long, short = 'o', value_name = "DIR")]
+    pub out: PathBuf,
+
+    #[command(flatten)]
+    pub output: OutputArgs,
+}
+
+#[derive(Debug, Args)]
+pub struct OutputArgs {
+    /// File format of the data
+    #[arg(long, value_enum, default_value = "parquet")]
+    pub format: FormatArg,
+
+    /// Requests in flight at most (be polite to the platform)
+    #[arg(long, short = 'j', default_value_t = 4, value_parser = clap::value_parser!(u16).range(1..=64))]
+    pub concurrency: u16,
+
+    /// Records per page (the platform allows at most 200)
+    #[arg(long, default_value_t = 200, value_parser = clap::value_parser!(u32).range(1..=MAX_PAGE_SIZE as i64))]
+    pub page_size: u32,
+
+    /// Split the data into part-00000, part-00001, ... of at most N rows each
+    #[arg(long, value_name = "N", value_parser = clap::value_parser!(u64).range(1..))]
+    pub rows_per_file: Option<u64>,
+
+    /// Start CSV files with a UTF-8 BOM so Excel shows Chinese correctly
+    #[arg(long)]
+    pub csv_bom: bool,
+
+    /// zstd level for Parquet (1 = fastest, up to 22)
+    #[arg(long, default_value_t = 1, value_parser = clap::value_parser!(i32).range(1..=22))]
+    pub zstd_level: i32,
+
+    /// Publish even if the total or update date moved during the export
+    /// (the manifest then says "consistent": false)
+    #[arg(long)]
+    pub allow_inconsistent: bool,
+
+    /// No progress output (errors and warnings still go to stderr)
+    #[arg(long, short = 'q')]
+    pub quiet: bool,
+
+    /// Print the manifest summary as JSON on stdout (human output stays on stderr)
+    #[arg(long)]
+    pub json: bool,
+}
+
+#[derive(Debug, Args)]
+pub struct SimArgs {
+    /// Port on 127.0.0.1 (0 picks a free one)
+    #[arg(long, default_value_t = 8080)]
+    pub port: u16,
+
+    /// Address to listen on
+    #[arg(long, default_value = "127.0.0.1")]
+    pub host: std::net::IpAddr,
+
+    /// A dataset to serve: `ID[:rows=N,shape=credit|nested,typing=strings|typed|mixed,date=date|datetime|datetime-ms|epoch-ms,seed=N,updated=YYYY-MM-DD]`.
+    /// Repeat for several. Default: cata_3820, cata_5769, cata_9001
+    #[arg(long = "dataset", value_name = "SPEC")]
+    pub datasets: Vec<String>,
+
+    /// The appsecret the simulator accepts
+    #[arg(long, default_value = jdop::sim::DEFAULT_SECRET)]
+    pub secret: String,
+
+    /// Latency added to every answer, in milliseconds
+    #[arg(long, default_value_t = 0)]
+    pub latency_ms: u64,
+
+    /// Up to this much more latency, seeded per request
+    #[arg(long, default_value_t = 0)]
+    pub jitter_ms: u64,
+
+    /// Answer to pageSize above 200
+    #[arg(long, value_enum, default_value = "error")]
+    pub oversize: OversizeArg,
+
+    /// Answer to a page past the end
+    #[arg(long, value_enum, default_value = "empty")]
+    pub past_end: PastEndArg,
+
+    /// Fraction of calls answered with HTTP 500 and an HTML body (0..1)
+    #[arg(long, default_value_t = 0.0)]
+    pub error_rate: f64,
+
+    /// A page number whose data calls always fail (repeatable)
+    #[arg(long = "fail-page", value_name = "N")]
+    pub fail_pages: Vec<u64>,
+
+    /// How a --fail-page fails
+    #[arg(long, value_enum, default_value = "status0")]
+    pub fail_mode: FailModeArg,
+
+    /// Seed of the injected faults
+    #[arg(long, default_value_t = 7)]
+    pub seed: u64,
+}
+
+#[derive(Debug, Clone, Copy, ValueEnum)]
+pub enum OversizeArg {
+    Error,
+    Clamp,
+}
+
+#[derive(Debug, Clone, Copy, ValueEnum)]
+pub enum PastEndArg {
+    Empty,
+    Last,
+}
+
+#[derive(Debug, Clone, Copy, ValueEnum)]
+pub enum FailModeArg {
+    Status0,
+    Http500,
+}
+
+#[derive(Debug, Args)]
+pub struct DemoArgs {
+    /// Output folder
+    #[arg(long, short = 'o', default_value = "demo-out")]
+    pub out: PathBuf,
+
+    /// Records in the simulated dataset
+    #[arg(long, default_value_t = 50_000)]
+    pub rows: u64,
+
+    /// Simulated platform latency per request, in milliseconds
+    #[arg(long, default_value_t = 20)]
+    pub latency_ms: u64,
+
+    #[command(flatten)]
+    pub output: OutputArgs,
+}
+
+impl Conn {
+    pub fn target(&self) -> Result<Target> {
+        Target::parse(&self.dataset, self.base_url.as_deref())
+    }
+
+    /// The appsecret from --appsecret-file, --appsecret or JDOP_APPSECRET.
+    pub fn secret(&self) -> Result<Secret> {
+        if let Some(path) = &self.appsecret_file {
+            let text = std::fs::read_to_string(path)
+                .map_err(|e| Error::io("read the appsecret file", path, e))?;
+            let first = text.lines().next().unwrap_or("");
+            return Secret::new(first).map_err(|_| {
+                Error::usage(format!("the appsecret file `{}` is empty", path.display()))
+            });
+        }
+        if let Some(s) = &self.appsecret {
+            return Secret::new(s.clone());
+        }
+        match std::env::var("JDOP_APPSECRET") {
+            Ok(s) if !s.trim().is_empty() => Secret::new(s),
+            _ => Err(Error::usage(
+                "no appsecret: set JDOP_APPSECRET or pass --appsecret-file FILE (the secret is shown in the platform's 个人中心 > 我的应用)",
+            )),
+        }
+    }
+
+    pub fn client(&self) -> Result<ClientConfig> {
+        if !(self.timeout.is_finite() && self.timeout > 0.0) {
+            return Err(Error::usage(
+                "--timeout must be a positive number of seconds",
+            ));
+        }
+        Ok(ClientConfig {
+            method: match self.method {
+                MethodArg::Post => Method::Post,
+                MethodArg::Get => Method::Get,
+            },
+            timeout: Duration::from_secs_f64(self.timeout),
+            ..ClientConfig::default()
+        })
+    }
+
+    pub fn retry(&self) -> RetryPolicy {
+        RetryPolicy {
+            max_retries: self.max_retries,
+            min_delay: Duration::from_millis(self.retry_min_delay_ms),
+            max_delay: Duration::from_millis(self.retry_max_delay_ms.max(self.retry_min_delay_ms)),
+        }
+    }
+
+    pub fn limits(&self) -> Limits {
+        Limits {
+            concurrency: 1,
+            page_size: MAX_PAGE_SIZE,
+            retry: self.retry(),
+        }
+    }
+}
+
+impl OutputArgs {
+    pub fn format(&self) -> Format {
+        match self.format {
+            FormatArg::Parquet => Format::Parquet,
+            FormatArg::Csv => Format::Csv,
+        }
+    }
+
+    /// Settings for an export of `target` into `out`.
+    pub fn settings(
+        &self,
+        target: Target,
+        secret: Secret,
+        out: PathBuf,
+        client: ClientConfig,
+        retry: RetryPolicy,
+    ) -> ExportConfig {
+        ExportConfig {
+            target,
+            secret,
+            out,
+            format: self.format(),
+            limits: Limits {
+                concurrency: self.concurrency as usize,
+                page_size: self.page_size,
+                retry,
+            },
+            client,
+            rows_per_file: self.rows_per_file,
+            csv_bom: self.csv_bom,
+            parquet: ParquetOptions {
+                zstd_level: self.zstd_level,
+                ..ParquetOptions::default()
+            },
+            allow_inconsistent: self.allow_inconsistent,
+        }
+    }
+}
+
+impl ExportArgs {
+    pub fn settings(&self) -> Result<ExportConfig> {
+        let target = self.conn.target()?;
+        let secret = self.conn.secret()?;
+        Ok(self.output.settings(
+            target,
+            secret,
+            self.out.clone(),
+            self.conn.client()?,
+            self.conn.retry(),
+        ))
+    }
+}
+
+impl SimArgs {
+    pub fn config(&self) -> Result<SimConfig> {
+        let datasets = if self.datasets.is_empty() {
+            jdop::sim::default_datasets()
+        } else {
+            self.datasets
+                .iter()
+                .map(|s| DatasetSpec::parse(s))
+                .collect::<Result<Vec<_>>>()?
+        };
+        if !(0.0..=1.0).contains(&self.error_rate) {
+            return Err(Error::usage("--error-rate must be between 0 and 1"));
+        }
+        Ok(SimConfig {
+            secret: self.secret.clone(),
+            datasets,
+            latency: Duration::from_millis(self.latency_ms),
+            jitter: Duration::from_millis(self.jitter_ms),
+            oversize: match self.oversize {
+                OversizeArg::Error => Oversize::Error,
+                OversizeArg::Clamp => Oversize::Clamp,
+            },
+            past_end: match self.past_end {
+                PastEndArg::Empty => PastEnd::Empty,
+                PastEndArg::Last => PastEnd::LastPage,
+            },
+            fail_pages: self.fail_pages.clone(),
+            fail_mode: match self.fail_mode {
+                FailModeArg::Status0 => FailMode::Status0,
+                FailModeArg::Http500 => FailMode::Http500,
+            },
+            error_rate: self.error_rate,
+            seed: self.seed,
+        })
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use clap::CommandFactory;
+
+    fn parse(args: &[&str]) -> std::result::Result<Cli, clap::Error> {
+        Cli::try_parse_from(std::iter::once("jdop").chain(args.iter().copied()))
+    }
+
+    #[test]
+    fn cli_is_well_formed() {
+        Cli::command().debug_assert();
+    }
+
+    #[test]
+    fn page_size_above_200_is_refused() {
+        assert!(parse(&["export", "cata_1", "--out", "x", "--page-size", "201"]).is_err());
+        assert!(parse(&["export", "cata_1", "--out", "x", "--page-size", "200"]).is_ok());
+    }
+
+    #[test]
+    fn concurrency_zero_is_refused() {
+        assert!(parse(&["export", "cata_1", "--out", "x", "--concurrency", "0"]).is_err());
+    }
+
+    #[test]
+    fn export_defaults() {
+        let Cli {
+            command: Command::Export(a),
+        } = parse(&["export", "cata_1", "--out", "x"]).unwrap()
+        else {
+            panic!()
+        };
+        assert_eq!(a.output.concurrency, 4);
+        assert_eq!(a.output.page_size, 200);
+        assert!(matches!(a.output.format, FormatArg::Parquet));
+        assert!(matches!(a.conn.method, MethodArg::Post));
+    }
+
+    #[test]
+    fn sim_dataset_spec_is_validated() {
+        let Cli {
+            command: Command::Sim(a),
+        } = parse(&["sim", "--dataset", "cata_1:rows=oops"]).unwrap()
+        else {
+            panic!()
+        };
+        assert!(a.config().is_err());
+    }
+
+    #[test]
+    fn appsecret_file_first_line_is_used() {
+        let dir = tempfile::tempdir().unwrap();
+        let f = dir.path().join("s.txt");
+        std::fs::write(&f, "abc123\n").unwrap();
+        let Cli {
+            command: Command::Total(a),
+        } = parse(&["total", "cata_1", "--appsecret-file", f.to_str().unwrap()]).unwrap()
+        else {
+            panic!()
+        };
+        assert_eq!(a.conn.secret().unwrap().expose(), "abc123");
+    }
+}

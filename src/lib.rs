@@ -1,0 +1,22 @@
+//! jdop snapshots datasets of the Zhejiang open-data platform (`jdop_front`) into
+//! Parquet or CSV files with a manifest.
+//!
+//! Data flows one way:
+//! platform (HTTP) -> [`fetch`] -> [`spool`] -> [`schema`] -> [`convert`] -> [`sink`]
+//! -> [`manifest`] (publish). [`export::export`] runs the whole path;
+//! [`sim`] is the built-in simulator of the platform.
+
+pub mod convert;
+pub mod error;
+pub mod export;
+pub mod fetch;
+pub mod manifest;
+pub mod platform;
+pub mod progress;
+pub mod schema;
+pub mod sim;
+pub mod sink;
+pub mod spool;
+
+pub use error::{Error, ExitCode, Result};
+pub use export::{export, ExportConfig, Summary};

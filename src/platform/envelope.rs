@@ -1,0 +1,381 @@
+//! The `{status, msg, data}` envelope, the records of a page and the update date.
+//!
+//! Records are read as ordered lists of `(key, raw JSON value)` so that key order
+//! is the order in the page whatever serde_json's `preserve_order` feature says, and
+//! numbers keep their exact text (no float round trip before we decide a type).
+
+use std::borrow::Cow;
+use std::fmt;
+
+use chrono::{DateTime, FixedOffset, NaiveDate, NaiveDateTime};
+use serde::de::{self, Deserializer, MapAccess, Visitor};
+use serde::{Deserialize, Serialize};
+use serde_json::value::RawValue;
+
+use crate::error::{CallError, PageError};
+
+const BOM: &[u8] = b"\xEF\xBB\xBF";
+
+/// A parsed envelope; `data` is borrowed raw JSON.
+#[derive(Debug)]
+pub struct Envelope<'a> {
+    pub msg: Option<String>,
+    pub data: Option<&'a RawValue>,
+}
+
+#[derive(Deserialize)]
+struct RawEnvelope<'a> {
+    #[serde(borrow, default)]
+    status: Option<&'a RawValue>,
+    #[serde(borrow, default)]
+    msg: Option<&'a RawValue>,
+    #[serde(borrow, default)]
+    data: Option<&'a RawValue>,
+}
+
+/// Parses the envelope of any endpoint. `status` may be `1` or `"1"`; anything else
+/// is a rejection carrying the platform's `msg`.
+pub fn parse_envelope(body: &[u8]) -> Result<Envelope<'_>, CallError> {
+    let body = body.strip_prefix(BOM).unwrap_or(body);
+    let not_envelope = |reason: String| CallError::NotEnvelope {
+        reason,
+        snippet: super::snippet(body),
+    };
+    if body.iter().all(|b| b.is_ascii_whitespace()) {
+        return Err(not_envelope("empty body".into()));
+    }
+    let raw: RawEnvelope<'_> = serde_json::from_slice(body).map_err(|e| {
+        let reason = if e.is_eof() {
+            "truncated JSON".to_string()
+        } else {
+            format!("invalid JSON: {e}")
+        };
+        not_envelope(reason)
+    })?;
+    let Some(status) = raw.status else {
+        return Err(not_envelope("no `status` field".into()));
+    };
+    let msg = raw.msg.and_then(
+        |m| match serde_json::from_str::<serde_json::Value>(m.get()) {
+            Ok(serde_json::Value::String(s)) => Some(s),
+            Ok(serde_json::Value::Null) | Err(_) => None,
+            Ok(other) => Some(other.to_string()),
+        },
+    );
+    let status_text = match serde_json::from_str::<serde_json::Value>(status.get()) {
+        Ok(serde_json::Value::String(s)) => s.trim().to_string(),
+        Ok(v) => v.to_string(),
+        Err(_) => status.get().to_string(),
+    };
+    if status_text != "1" {
+        return Err(CallError::Rejected {
+            status: status_text,
+            msg: msg.unwrap_or_else(|| "(no message)".into()),
+        });
+    }
+    Ok(Envelope {
+        msg,
+        data: raw.data,
+    })
+}
+
+/// Returns the JSON text of the page's record array. `data: null` is an empty page;
+/// `data` as a string holding a JSON array (gateway style) is unwrapped.
+pub fn parse_page(body: &[u8]) -> Result<Cow<'_, str>, CallError> {
+    let env = parse_envelope(body)?;
+    let Some(data) = env.data else {
+        return Err(CallError::BadData("no `data` field".into()));
+    };
+    let text = data.get().trim_start();
+    match text.as_bytes().first() {
+        Some(b'[') => Ok(Cow::Borrowed(data.get())),
+        Some(b'n') => Ok(Cow::Borrowed("[]")),
+        Some(b'"') => {
+            let inner: String = serde_json::from_str(text)
+                .map_err(|e| CallError::BadData(format!("`data` string is not valid: {e}")))?;
+            if inner.trim_start().starts_with('[') {
+                Ok(Cow::Owned(inner))
+            } else {
+                Err(CallError::BadData(
+                    "`data` is a string, expected an array of records".into(),
+                ))
+            }
+        }
+        Some(b'{') => Err(CallError::BadData(
+            "`data` is an object, expected an array of records".into(),
+        )),
+        _ => Err(CallError::BadData(format!(
+            "`data` is `{}`, expected an array of records",
+            super::snippet(text.as_bytes())
+        ))),
+    }
+}
+
+/// Parses the `data` of `get_total.do`: a non-negative integer, or such an integer
+/// as a string.
+pub fn parse_total(body: &[u8]) -> Result<u64, CallError> {
+    let env = parse_envelope(body)?;
+    let Some(data) = env.data else {
+        return Err(CallError::BadData("no `data` field in the total".into()));
+    };
+    let text = data.get().trim();
+    let digits = text.trim_matches('"').trim();
+    digits.parse::<u64>().map_err(|_| {
+        CallError::BadData(format!(
+            "the total `{}` is not a non-negative integer",
+            super::snippet(text.as_bytes())
+        ))
+    })
+}
+
+/// One record: keys in page order with their raw values.
+pub type RawRecord<'a> = Vec<(Cow<'a, str>, &'a RawValue)>;
+
+/// The records of one page.
+pub type PageRecords<'a> = Vec<RawRecord<'a>>;
+
+struct Key<'a>(Cow<'a, str>);
+
+impl<'de: 'a, 'a> Deserialize<'de> for Key<'a> {
+    fn deserialize<D: Deserializer<'de>>(d: D) -> Result<Self, D::Error> {
+        struct V;
+        impl<'de> Visitor<'de> for V {
+            type Value = Key<'de>;
+            fn expecting(&self, f: &mut fmt::Formatter) -> fmt::Result {
+                f.write_str("a string key")
+            }
+            fn visit_borrowed_str<E: de::Error>(self, v: &'de str) -> Result<Self::Value, E> {
+                Ok(Key(Cow::Borrowed(v)))
+            }
+            fn visit_str<E: de::Error>(self, v: &str) -> Result<Self::Value, E> {
+                Ok(Key(Cow::Owned(v.to_string())))
+            }
+            fn visit_string<E: de::Error>(self, v: String) -> Result<Self::Value, E> {
+                Ok(Key(Cow::Owned(v)))
+            }
+        }
+        d.deserialize_str(V)
+    }
+}
+
+/// An object read as an ordered list of entries.
+pub struct Ordered<'a>(pub RawRecord<'a>);
+
+impl<'de: 'a, 'a> Deserialize<'de> for Ordered<'a> {
+    fn deserialize<D: Deserializer<'de>>(d: D) -> Result<Self, D::Error> {
+        struct V;
+        impl<'de> Visitor<'de> for V {
+            type Value = Ordered<'de>;
+            fn expecting(&self, f: &mut fmt::Formatter) -> fmt::Result {
+                f.write_str("a JSON object")
+            }
+            fn visit_map<A: MapAccess<'de>>(self, mut map: A) -> Result<Self::Value, A::Error> {
+                let mut entries = Vec::with_capacity(map.size_hint().unwrap_or(16));
+                while let Some((k, v)) = map.next_entry::<Key<'de>, &'de RawValue>()? {
+                    entries.push((k.0, v));
+                }
+                Ok(Ordered(entries))
+            }
+        }
+        d.deserialize_map(V)
+    }
+}
+
+/// Splits a record array into ordered records.
+pub fn split_records(array: &str) -> Result<PageRecords<'_>, PageError> {
+    let items: Vec<&RawValue> = serde_json::from_str(array)?;
+    let mut out = Vec::with_capacity(items.len());
+    for (index, item) in items.into_iter().enumerate() {
+        if !item.get().starts_with('{') {
+            return Err(PageError::NotAnObject { index });
+        }
+        let Ordered(rec) = serde_json::from_str(item.get())?;
+        out.push(rec);
+    }
+    Ok(out)
+}
+
+/// Reads an object value's entries in order (used for nested objects).
+pub fn object_entries(raw: &RawValue) -> Result<RawRecord<'_>, serde_json::Error> {
+    serde_json::from_str::<Ordered<'_>>(raw.get()).map(|o| o.0)
+}
+
+/// The dataset's update date as answered by `get_dataupdate_date.do`: the raw JSON
+/// value is kept; `iso` is the parsed value in ISO 8601 when the format is known.
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+pub struct UpdateDate {
+    pub raw: serde_json::Value,
+    /// `YYYY-MM-DD` or `YYYY-MM-DDTHH:MM:SS[.fff]` (platform local time, UTC+8, for
+    /// epoch milliseconds), `None` when the value could not be read as a date.
+    pub iso: Option<String>,
+    /// The calendar date part of `iso`.
+    pub date: Option<String>,
+}
+
+impl UpdateDate {
+    pub fn from_body(body: &[u8]) -> Result<UpdateDate, CallError> {
+        let env = parse_envelope(body)?;
+        let raw = match env.data {
+            Some(d) => serde_json::from_str(d.get())
+                .map_err(|e| CallError::BadData(format!("update date: {e}")))?,
+            None => serde_json::Value::Null,
+        };
+        Ok(UpdateDate::from_value(raw))
+    }
+
+    pub fn from_value(raw: serde_json::Value) -> UpdateDate {
+        let iso = match &raw {
+            serde_json::Value::String(s) => parse_date_text(s),
+            serde_json::Value::Number(n) => n.as_i64().and_then(epoch_ms_to_iso),
+            _ => None,
+        };
+        let date = iso.as_ref().map(|s| s[..10].to_string());
+        UpdateDate { raw, iso, date }
+    }
+}
+
+fn shanghai() -> FixedOffset {
+    FixedOffset::east_opt(8 * 3600).expect("valid offset")
+}
+
+fn epoch_ms_to_iso(ms: i64) -> Option<String> {
+    // Plausible epoch milliseconds only (1990..2100), not a small integer.
+    if !(631_152_000_000..4_102_444_800_000).contains(&ms) {
+        return None;
+    }
+    let dt = DateTime::from_timestamp_millis(ms)?.with_timezone(&shanghai());
+    Some(format_naive(dt.naive_local()))
+}
+
+fn format_naive(dt: NaiveDateTime) -> String {
+    if dt.and_utc().timestamp_subsec_millis() == 0 {
+        dt.format("%Y-%m-%dT%H:%M:%S").to_string()
+    } else {
+        dt.format("%Y-%m-%dT%H:%M:%S%.3f").to_string()
+    }
+}
+
+/// Accepts `yyyy-MM-dd`, `yyyy/MM/dd`, `yyyyMMdd`, `yyyy-MM-dd HH:mm[:ss[.SSS]]`
+/// (space or `T`), `2023年01月05日` and epoch milliseconds written as a string.
+pub fn parse_date_text(s: &str) -> Option<String> {
+    let s = s.trim();
+    if s.len() == 13 && s.bytes().all(|b| b.is_ascii_digit()) {
+        return s.parse().ok().and_then(epoch_ms_to_iso);
+    }
+    for fmt in ["%Y-%m-%d", "%Y/%m/%d", "%Y%m%d", "%Y年%m月%d日"] {
+        if let Ok(d) = NaiveDate::parse_from_str(s, fmt) {
+            return Some(d.format("%Y-%m-%d").to_string());
+        }
+    }
+    for fmt in [
+        "%Y-%m-%d %H:%M:%S%.f",
+        "%Y-%m-%dT%H:%M:%S%.f",
+        "%Y/%m/%d %H:%M:%S%.f",
+        "%Y-%m-%d %H:%M",
+    ] {
+        if let Ok(dt) = NaiveDateTime::parse_from_str(s, fmt) {
+            return Some(format_naive(dt));
+        }
+    }
+    DateTime::parse_from_rfc3339(s)
+        .ok()
+        .map(|dt| format_naive(dt.with_timezone(&shanghai()).naive_local()))
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn status_as_string_is_accepted() {
+        let b = br#"{"status":"1","msg":"ok","data":5}"#;
+        assert_eq!(parse_total(b).unwrap(), 5);
+    }
+
+    #[test]
+    fn status_zero_carries_the_message() {
+        let b = r#"{"status":0,"msg":"appsecret错误","data":null}"#;
+        match parse_envelope(b.as_bytes()) {
+            Err(CallError::Rejected { msg, .. }) => assert_eq!(msg, "appsecret错误"),
+            other => panic!("{other:?}"),
+        }
+    }
+
+    #[test]
+    fn html_is_not_an_envelope_and_is_transient() {
+        let e = parse_envelope(b"<html><body>502 Bad Gateway</body></html>").unwrap_err();
+        assert!(e.is_transient());
+        assert!(e.to_string().contains("<html>"), "{e}");
+    }
+
+    #[test]
+    fn truncated_json_is_named() {
+        let e = parse_envelope(br#"{"status":1,"data":[{"a":1"#).unwrap_err();
+        assert!(e.to_string().contains("truncated"), "{e}");
+    }
+
+    #[test]
+    fn bom_is_skipped() {
+        let mut b = BOM.to_vec();
+        b.extend_from_slice(br#"{"status":1,"data":[]}"#);
+        assert_eq!(parse_page(&b).unwrap(), "[]");
+    }
+
+    #[test]
+    fn data_as_json_string_is_unwrapped() {
+        let b = br#"{"status":1,"data":"[{\"a\":1}]"}"#;
+        let arr = parse_page(b).unwrap();
+        assert_eq!(split_records(&arr).unwrap().len(), 1);
+    }
+
+    #[test]
+    fn record_keys_keep_page_order() {
+        let recs = split_records(r#"[{"z":1,"a":"x","中文":null,"M":{"b":1,"a":2}}]"#).unwrap();
+        let keys: Vec<&str> = recs[0].iter().map(|(k, _)| k.as_ref()).collect();
+        assert_eq!(keys, ["z", "a", "中文", "M"]);
+        let nested = object_entries(recs[0][3].1).unwrap();
+        assert_eq!(nested[0].0, "b");
+    }
+
+    #[test]
+    fn escaped_keys_are_unescaped() {
+        let recs = split_records(r#"[{"a\"b":1,"\u5730\u5e02":2}]"#).unwrap();
+        assert_eq!(recs[0][0].0, "a\"b");
+        assert_eq!(recs[0][1].0, "地市");
+    }
+
+    #[test]
+    fn records_that_are_not_objects_are_an_error() {
+        assert!(matches!(
+            split_records("[{},1]"),
+            Err(PageError::NotAnObject { index: 1 })
+        ));
+    }
+
+    #[test]
+    fn update_date_formats() {
+        let cases = [
+            (serde_json::json!("2022-06-08"), "2022-06-08"),
+            (
+                serde_json::json!("2022-08-29 15:44:46.000"),
+                "2022-08-29T15:44:46",
+            ),
+            (
+                serde_json::json!("2019-09-09 10:25:00"),
+                "2019-09-09T10:25:00",
+            ),
+            (serde_json::json!("2023年01月05日"), "2023-01-05"),
+            (serde_json::json!(1661759086000i64), "2022-08-29T15:44:46"),
+            (
+                serde_json::json!("1661759086123"),
+                "2022-08-29T15:44:46.123",
+            ),
+        ];
+        for (raw, iso) in cases {
+            let d = UpdateDate::from_value(raw.clone());
+            assert_eq!(d.iso.as_deref(), Some(iso), "{raw}");
+            assert_eq!(d.date.as_deref(), Some(&iso[..10]));
+        }
+        assert_eq!(UpdateDate::from_value(serde_json::json!("soon")).iso, None);
+    }
+}

@@ -1,0 +1,505 @@
+//! Schema inference over every record of a dataset (not a sample).
+//!
+//! Each page is inferred on its own as it arrives ([`Inferrer::observe_page`]); the
+//! page results are merged in page order ([`Inferrer::merge`]), so the final schema
+//! is the same whatever order the pages arrived in.
+//!
+//! # Rules
+//! 1. JSON int + JSON float -> `Float64`. Integers that do not fit `i64` and floats
+//!    that overflow `f64` are kept as their exact text (`Utf8`).
+//! 2. Any other conflict between scalars (string + number, bool + number, ...) ->
+//!    `Utf8`; every value keeps its string form (`12` -> `"12"`, `true` -> `"true"`).
+//! 3. Objects -> `Struct` whose fields are merged by the same rules; arrays ->
+//!    `List` of the merged item type.
+//! 4. Shapes that conflict (object vs scalar, array vs object, an empty object only)
+//!    -> a `Utf8` column holding the JSON text of nested values ("JSON text" column).
+//! 5. A column that is always `null` or missing -> `Utf8`, never Arrow's `Null`;
+//!    an array that is always empty -> `List(Utf8)`.
+//! 6. A key that first appears in a late page is kept.
+//! 7. Column order is first-seen order, records read in page order, keys in the
+//!    order they appear in the record. This does not depend on serde_json's
+//!    `preserve_order` feature: records are read as ordered entry lists.
+//! 8. Keys are kept exactly (Chinese, mixed case, spaces); two keys that differ only
+//!    by case are two columns.
+//! 9. Strings stay strings: `"01425"` stays `"01425"`, `"5000.00"` stays text.
+
+use std::collections::HashMap;
+use std::sync::Arc;
+
+use arrow_schema::{DataType, Field, Fields, Schema, SchemaRef};
+use serde::Serialize;
+use serde_json::value::RawValue;
+
+use crate::platform::{object_entries, RawRecord};
+
+/// The inferred type of a value or column.
+#[derive(Debug, Clone, PartialEq)]
+pub enum Kind {
+    /// Only nulls (or nothing) seen so far.
+    Unknown,
+    Bool,
+    Int,
+    Float,
+    Str,
+    /// Conflicting shapes: stored as JSON text.
+    Json,
+    List(Box<Kind>),
+    Struct(StructKind),
+}
+
+/// An ordered set of named kinds (a record or a nested object).
+#[derive(Debug, Clone, Default, PartialEq)]
+pub struct StructKind {
+    fields: Vec<(String, Kind)>,
+    index: HashMap<String, usize>,
+}
+
+impl StructKind {
+    pub fn fields(&self) -> &[(String, Kind)] {
+        &self.fields
+    }
+
+    /// Builds an ordered struct from `(name, kind)` pairs.
+    pub fn from_columns(cols: impl IntoIterator<Item = (String, Kind)>) -> StructKind {
+        let mut s = StructKind::default();
+        for (n, k) in cols {
+            let i = s.slot(&n);
+            s.fields[i].1.merge(k);
+        }
+        s
+    }
+
+    pub fn get(&self, name: &str) -> Option<&Kind> {
+        self.index.get(name).map(|&i| &self.fields[i].1)
+    }
+
+    /// Position of `name`, inserting it (as `Unknown`) at the end when new.
+    fn slot(&mut self, name: &str) -> usize {
+        if let Some(&i) = self.index.get(name) {
+            return i;
+        }
+        let i = self.fields.len();
+        self.fields.push((name.to_string(), Kind::Unknown));
+        self.index.insert(name.to_string(), i);
+        i
+    }
+
+    fn merge(&mut self, other: StructKind) {
+        for (name, kind) in other.fields {
+            let i = self.slot(&name);
+            self.fields[i].1.merge(kind);
+        }
+    }
+}
+
+impl Kind {
+    /// Widens `self` so that it also holds `other` (see the module rules).
+    pub fn merge(&mut self, other: Kind) {
+        use Kind::*;
+        let merged = match (std::mem::replace(self, Unknown), other) {
+            (Unknown, x) | (x, Unknown) => x,
+            (Json, _) | (_, Json) => Json,
+            (Int, Float) | (Float, Int) => Float,
+            (List(mut a), List(b)) => {
+                a.merge(*b);
+                List(a)
+            }
+            (Struct(mut a), Struct(b)) => {
+                a.merge(b);
+                Struct(a)
+            }
+            (a, b) if a == b => a,
+            (a, b) if a.is_scalar() && b.is_scalar() => Str,
+            _ => Json,
+        };
+        *self = merged;
+    }
+
+    fn is_scalar(&self) -> bool {
+        matches!(self, Kind::Bool | Kind::Int | Kind::Float | Kind::Str)
+    }
+
+    /// The kind of one raw JSON value.
+    pub fn of(raw: &RawValue) -> Kind {
+        let text = raw.get();
+        match text.as_bytes().first() {
+            Some(b'n') => Kind::Unknown,
+            Some(b't') | Some(b'f') => Kind::Bool,
+            Some(b'"') => Kind::Str,
+            Some(b'{') => match object_entries(raw) {
+                Ok(entries) => {
+                    let mut s = StructKind::default();
+                    for (k, v) in entries {
+                        let i = s.slot(&k);
+                        s.fields[i].1.merge(Kind::of(v));
+                    }
+                    Kind::Struct(s)
+                }
+                Err(_) => Kind::Json,
+            },
+            Some(b'[') => match serde_json::from_str::<Vec<&RawValue>>(text) {
+                Ok(items) => {
+                    let mut item = Kind::Unknown;
+                    for v in items {
+                        item.merge(Kind::of(v));
+                    }
+                    Kind::List(Box::new(item))
+                }
+                Err(_) => Kind::Json,
+            },
+            _ => number_kind(text),
+        }
+    }
+
+    /// True when some value of this kind must be rewritten as JSON text before
+    /// Arrow decoding (a JSON text column, at any depth).
+    pub fn needs_json_text(&self) -> bool {
+        match self {
+            Kind::Json => true,
+            Kind::List(k) => k.needs_json_text(),
+            Kind::Struct(s) => {
+                s.fields.is_empty() || s.fields.iter().any(|(_, k)| k.needs_json_text())
+            }
+            _ => false,
+        }
+    }
+
+    /// The Arrow type for this kind (rules 4 and 5 applied).
+    pub fn data_type(&self) -> DataType {
+        match self {
+            Kind::Unknown | Kind::Str | Kind::Json => DataType::Utf8,
+            Kind::Bool => DataType::Boolean,
+            Kind::Int => DataType::Int64,
+            Kind::Float => DataType::Float64,
+            Kind::List(item) => {
+                DataType::List(Arc::new(Field::new("item", item.data_type(), true)))
+            }
+            Kind::Struct(s) if s.fields.is_empty() => DataType::Utf8,
+            Kind::Struct(s) => DataType::Struct(struct_fields(s)),
+        }
+    }
+
+    /// Whether values of this kind are stored as JSON text.
+    pub fn is_json_text(&self) -> bool {
+        matches!(self, Kind::Json) || matches!(self, Kind::Struct(s) if s.fields.is_empty())
+    }
+}
+
+fn struct_fields(s: &StructKind) -> Fields {
+    s.fields
+        .iter()
+        .map(|(n, k)| Field::new(n, k.data_type(), true))
+        .collect()
+}
+
+fn number_kind(text: &str) -> Kind {
+    if text.bytes().any(|b| matches!(b, b'.' | b'e' | b'E')) {
+        match text.parse::<f64>() {
+            Ok(f) if f.is_finite() => Kind::Float,
+            _ => Kind::Str,
+        }
+    } else if text.parse::<i64>().is_ok() {
+        Kind::Int
+    } else {
+        Kind::Str
+    }
+}
+
+/// JSON types seen in a column, for the manifest.
+#[derive(Debug, Clone, Copy, Default, PartialEq, Eq)]
+pub struct JsonTypes(u8);
+
+impl JsonTypes {
+    const NAMES: [&'static str; 7] = ["null", "bool", "int", "float", "string", "object", "array"];
+
+    fn add(&mut self, raw: &RawValue) {
+        let t = raw.get();
+        let bit = match t.as_bytes().first() {
+            Some(b'n') => 0,
+            Some(b't') | Some(b'f') => 1,
+            Some(b'"') => 4,
+            Some(b'{') => 5,
+            Some(b'[') => 6,
+            _ if t.bytes().any(|b| matches!(b, b'.' | b'e' | b'E')) => 3,
+            _ => 2,
+        };
+        self.0 |= 1 << bit;
+    }
+
+    pub fn names(&self) -> Vec<&'static str> {
+        (0..7)
+            .filter(|i| self.0 & (1 << i) != 0)
+            .map(|i| Self::NAMES[i])
+            .collect()
+    }
+}
+
+/// Counts kept per top-level column.
+#[derive(Debug, Clone, Copy, Default, PartialEq, Eq)]
+pub struct ColumnStats {
+    pub types: JsonTypes,
+    /// Records in which the key was present.
+    pub present: u64,
+    /// Records in which the value was `null`.
+    pub nulls: u64,
+    /// Records in which the value was `""`.
+    pub empty: u64,
+}
+
+/// Inference state for a page or a whole dataset.
+#[derive(Debug, Clone, Default)]
+pub struct Inferrer {
+    columns: StructKind,
+    stats: Vec<ColumnStats>,
+    rows: u64,
+}
+
+impl Inferrer {
+    pub fn observe(&mut self, record: &RawRecord<'_>) {
+        self.rows += 1;
+        for (key, raw) in record {
+            let i = self.columns.slot(key);
+            if i == self.stats.len() {
+                self.stats.push(ColumnStats::default());
+            }
+            let st = &mut self.stats[i];
+            st.present += 1;
+            st.types.add(raw);
+            match raw.get() {
+                "null" => st.nulls += 1,
+                "\"\"" => st.empty += 1,
+                _ => {}
+            }
+            self.columns.fields[i].1.merge(Kind::of(raw));
+        }
+    }
+
+    pub fn observe_page(records: &[RawRecord<'_>]) -> Inferrer {
+        let mut inf = Inferrer::default();
+        for r in records {
+            inf.observe(r);
+        }
+        inf
+    }
+
+    /// Merges a later page's result into this one (call in page order).
+    pub fn merge(&mut self, other: Inferrer) {
+        self.rows += other.rows;
+        for ((name, kind), st) in other.columns.fields.into_iter().zip(other.stats) {
+            let i = self.columns.slot(&name);
+            if i == self.stats.len() {
+                self.stats.push(ColumnStats::default());
+            }
+            self.columns.fields[i].1.merge(kind);
+            let mine = &mut self.stats[i];
+            mine.types.0 |= st.types.0;
+            mine.present += st.present;
+            mine.nulls += st.nulls;
+            mine.empty += st.empty;
+        }
+    }
+
+    pub fn rows(&self) -> u64 {
+        self.rows
+    }
+
+    pub fn finish(self) -> InferredSchema {
+        let columns = self
+            .columns
+            .fields
+            .into_iter()
+            .zip(self.stats)
+            .map(|((name, kind), stats)| Column { name, kind, stats })
+            .collect();
+        InferredSchema {
+            columns,
+            rows: self.rows,
+        }
+    }
+}
+
+#[derive(Debug, Clone)]
+pub struct Column {
+    pub name: String,
+    pub kind: Kind,
+    pub stats: ColumnStats,
+}
+
+/// The final schema of a dataset.
+#[derive(Debug, Clone)]
+pub struct InferredSchema {
+    pub columns: Vec<Column>,
+    pub rows: u64,
+}
+
+impl InferredSchema {
+    pub fn arrow(&self) -> SchemaRef {
+        Arc::new(Schema::new(
+            self.columns
+                .iter()
+                .map(|c| Field::new(&c.name, c.kind.data_type(), true))
+                .collect::<Vec<_>>(),
+        ))
+    }
+
+    pub fn needs_json_text(&self) -> bool {
+        self.columns.iter().any(|c| c.kind.needs_json_text())
+    }
+
+    /// A description per column for the manifest.
+    pub fn describe(&self) -> Vec<ColumnInfo> {
+        self.columns
+            .iter()
+            .map(|c| ColumnInfo {
+                name: c.name.clone(),
+                arrow_type: c.kind.data_type().to_string(),
+                json_text: c.kind.is_json_text(),
+                json_types: c
+                    .stats
+                    .types
+                    .names()
+                    .into_iter()
+                    .map(String::from)
+                    .collect(),
+                missing: self.rows - c.stats.present,
+                nulls: c.stats.nulls,
+                empty_strings: c.stats.empty,
+            })
+            .collect()
+    }
+}
+
+/// A column as the manifest records it.
+#[derive(Debug, Clone, Serialize, serde::Deserialize, PartialEq)]
+pub struct ColumnInfo {
+    pub name: String,
+    pub arrow_type: String,
+    /// Nested values are stored as JSON text (shape conflict).
+    pub json_text: bool,
+    pub json_types: Vec<String>,
+    pub missing: u64,
+    pub nulls: u64,
+    pub empty_strings: u64,
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::platform::split_records;
+
+    fn infer(pages: &[&str]) -> InferredSchema {
+        let mut all = Inferrer::default();
+        for p in pages {
+            let recs = split_records(p).unwrap();
+            all.merge(Inferrer::observe_page(&recs));
+        }
+        all.finish()
+    }
+
+    fn types(s: &InferredSchema) -> Vec<(String, String)> {
+        s.arrow()
+            .fields()
+            .iter()
+            .map(|f| (f.name().clone(), f.data_type().to_string()))
+            .collect()
+    }
+
+    #[test]
+    fn int_and_float_widen_to_float64() {
+        let s = infer(&[r#"[{"a":1},{"a":2.5}]"#]);
+        assert_eq!(s.arrow().field(0).data_type(), &DataType::Float64);
+    }
+
+    #[test]
+    fn string_and_number_become_utf8() {
+        let s = infer(&[r#"[{"a":1}]"#, r#"[{"a":"x"}]"#, r#"[{"a":true}]"#]);
+        assert_eq!(s.arrow().field(0).data_type(), &DataType::Utf8);
+    }
+
+    #[test]
+    fn all_null_or_missing_column_is_utf8() {
+        let s = infer(&[r#"[{"a":null,"b":1},{"b":2}]"#]);
+        assert_eq!(s.arrow().field(0).data_type(), &DataType::Utf8);
+        assert_eq!(s.columns[0].stats.nulls, 1);
+        assert_eq!(s.describe()[0].missing, 1);
+    }
+
+    #[test]
+    fn late_key_is_kept_at_the_end() {
+        let s = infer(&[r#"[{"a":1}]"#, r#"[{"a":2}]"#, r#"[{"late":"x","a":3}]"#]);
+        let names: Vec<_> = types(&s).into_iter().map(|t| t.0).collect();
+        assert_eq!(names, ["a", "late"]);
+    }
+
+    #[test]
+    fn column_order_is_first_seen_not_sorted() {
+        let s = infer(&[r#"[{"z":1,"B":1,"a":1},{"中":1,"z":2}]"#]);
+        let names: Vec<_> = types(&s).into_iter().map(|t| t.0).collect();
+        assert_eq!(names, ["z", "B", "a", "中"]);
+    }
+
+    #[test]
+    fn merge_order_is_page_order() {
+        let p1 = split_records(r#"[{"x":1}]"#).unwrap();
+        let p2 = split_records(r#"[{"y":1}]"#).unwrap();
+        let mut a = Inferrer::observe_page(&p1);
+        a.merge(Inferrer::observe_page(&p2));
+        let names: Vec<_> = a.finish().columns.into_iter().map(|c| c.name).collect();
+        assert_eq!(names, ["x", "y"]);
+    }
+
+    #[test]
+    fn nested_objects_become_structs_with_merged_fields() {
+        let s = infer(&[r#"[{"o":{"a":1}},{"o":{"b":"x","a":2.5}}]"#]);
+        assert_eq!(
+            s.arrow().field(0).data_type().to_string(),
+            DataType::Struct(Fields::from(vec![
+                Field::new("a", DataType::Float64, true),
+                Field::new("b", DataType::Utf8, true)
+            ]))
+            .to_string()
+        );
+    }
+
+    #[test]
+    fn arrays_become_lists_and_empty_arrays_list_utf8() {
+        let s = infer(&[r#"[{"l":[1,2],"e":[]},{"l":[3.5]}]"#]);
+        assert_eq!(
+            s.arrow().field(0).data_type(),
+            &DataType::List(Arc::new(Field::new("item", DataType::Float64, true)))
+        );
+        assert_eq!(
+            s.arrow().field(1).data_type(),
+            &DataType::List(Arc::new(Field::new("item", DataType::Utf8, true)))
+        );
+    }
+
+    #[test]
+    fn conflicting_shapes_become_json_text() {
+        let s = infer(&[r#"[{"a":{"x":1},"b":[1],"c":{}},{"a":"s","b":{"y":2}}]"#]);
+        for c in &s.columns {
+            assert_eq!(c.kind.data_type(), DataType::Utf8, "{}", c.name);
+            assert!(c.kind.is_json_text(), "{}", c.name);
+        }
+        assert!(s.needs_json_text());
+    }
+
+    #[test]
+    fn huge_integers_stay_text() {
+        let s = infer(&[r#"[{"a":123456789012345678901234567890}]"#]);
+        assert_eq!(s.arrow().field(0).data_type(), &DataType::Utf8);
+    }
+
+    #[test]
+    fn strings_with_leading_zeros_stay_strings() {
+        let s = infer(&[r#"[{"code":"01425"}]"#]);
+        assert_eq!(s.arrow().field(0).data_type(), &DataType::Utf8);
+    }
+
+    #[test]
+    fn json_types_are_recorded() {
+        let s = infer(&[r#"[{"a":1},{"a":"x"},{"a":null},{"a":""}]"#]);
+        assert_eq!(s.describe()[0].json_types, ["null", "int", "string"]);
+        assert_eq!(s.describe()[0].empty_strings, 1);
+    }
+}
