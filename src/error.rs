@@ -136,7 +136,7 @@ pub enum Error {
         retries: u32,
         elapsed: Duration,
         #[source]
-        source: CallError,
+        source: Box<CallError>,
     },
 
     #[error("failed to read page {page} of `{dataset}`")]
@@ -144,7 +144,7 @@ pub enum Error {
         dataset: String,
         page: u64,
         #[source]
-        source: PageError,
+        source: Box<PageError>,
     },
 
     #[error("the dataset `{dataset}` changed during the export: {reasons}")]
@@ -194,7 +194,7 @@ impl Error {
         match self {
             Error::Usage { .. } => ExitCode::Usage,
             Error::Rejected { .. } => ExitCode::Platform,
-            Error::Call { source, .. } => match source {
+            Error::Call { source, .. } => match source.as_ref() {
                 CallError::Rejected { .. } => ExitCode::Platform,
                 CallError::Timeout | CallError::Connect(_) | CallError::Transport(_) => {
                     ExitCode::Network
@@ -262,7 +262,7 @@ mod tests {
             url: "http://h/jdop_front/interfaces/cata_1/get_data.do".into(),
             retries: 5,
             elapsed: Duration::from_millis(1500),
-            source: CallError::Timeout,
+            source: Box::new(CallError::Timeout),
         };
         assert_eq!(
             e.to_string(),

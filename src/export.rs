@@ -81,7 +81,7 @@ fn bad_answer(client: &Client, op: Op, e: crate::error::CallError) -> Error {
         url: client.target().endpoint(op).to_string(),
         retries: 0,
         elapsed: Default::default(),
-        source: client.redact_err(e),
+        source: Box::new(client.redact_err(e)),
     }
 }
 
@@ -301,7 +301,7 @@ impl WriteJob {
         self.spool.read_page(page).map_err(|e| Error::Page {
             dataset: self.dataset.clone(),
             page,
-            source: crate::error::PageError::Spool(e),
+            source: Box::new(crate::error::PageError::Spool(e)),
         })
     }
 
@@ -328,7 +328,7 @@ impl WriteJob {
                     conv.decode(&refs).map_err(|(i, source)| Error::Page {
                         dataset: self.dataset.clone(),
                         page: group[i],
-                        source,
+                        source: Box::new(source),
                     })
                 })
                 .collect();
@@ -357,7 +357,7 @@ impl WriteJob {
             let page_err = |source| Error::Page {
                 dataset: self.dataset.clone(),
                 page,
-                source,
+                source: Box::new(source),
             };
             let records = split_records(&text).map_err(page_err)?;
             sink.write_records(&records).map_err(|e| match e {
@@ -365,7 +365,7 @@ impl WriteJob {
                 crate::sink::WriteOrPage::Page(source) => Error::Page {
                     dataset: self.dataset.clone(),
                     page,
-                    source,
+                    source: Box::new(source),
                 },
             })?;
             self.reporter.on_written(records.len() as u64);

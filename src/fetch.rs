@@ -127,7 +127,7 @@ pub async fn call(
             url: client.target().endpoint(op).to_string(),
             retries: retries.load(Ordering::Relaxed),
             elapsed: started.elapsed(),
-            source,
+            source: Box::new(source),
         },
     })
 }
@@ -169,7 +169,7 @@ pub async fn fetch_pages(
                     .map_err(|source| Error::Page {
                         dataset: dataset.clone(),
                         page: p,
-                        source,
+                        source: Box::new(source),
                     })?;
                 reporter.on_page(p, rows as u64);
                 Ok::<_, Error>((p, rows, inf))

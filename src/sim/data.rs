@@ -374,7 +374,7 @@ fn credit(spec: &DatasetSpec, i: u64, out: &mut String) {
     // Amounts: whole numbers and decimals mixed (int + float in typed mode).
     buf.clear();
     let cents = r.below(5_000_000);
-    if cents % 3 == 0 {
+    if cents.is_multiple_of(3) {
         let _ = write!(buf, "{}", cents / 100);
     } else {
         let _ = write!(buf, "{}.{:02}", cents / 100, cents % 100);
@@ -457,9 +457,8 @@ fn credit(spec: &DatasetSpec, i: u64, out: &mut String) {
     );
     o.num("dts_cmf_deleted", "0", t, &mut r);
 
-    match r.below(2) {
-        0 => o.raw("ALLNULL", "null"),
-        _ => {}
+    if r.below(2) == 0 {
+        o.raw("ALLNULL", "null");
     }
 
     if spec.rows >= 10 && i >= spec.rows - spec.rows / 10 {
@@ -555,7 +554,7 @@ fn nested(spec: &DatasetSpec, i: u64, out: &mut String) {
     }
     o.raw("meta", "{}");
     buf.clear();
-    let _ = write!(buf, "{}", (i % 2 == 0));
+    let _ = write!(buf, "{}", i.is_multiple_of(2));
     o.raw("online", &buf);
     o.end();
 }

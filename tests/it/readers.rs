@@ -1,0 +1,86 @@
+//! DuckDB, pyarrow/pandas and polars read jdop's Parquet without extra options.
+//! Needs python3 with duckdb, pyarrow, pandas and polars (installed by `.ci/run`);
+//! when they are missing the test says so and passes, unless JDOP_REQUIRE_PY_READERS=1
+//! (set by `.ci/run`), where a missing module is a failure.
+
+use std::process::Command;
+
+use jdop::sim::{DatasetSpec, Typing};
+
+use crate::util::*;
+
+fn readers_available() -> bool {
+    let ok = Command::new("python3")
+        .args(["-c", "import duckdb, pyarrow, pandas, polars"])
+        .status()
+        .map(|s| s.success())
+        .unwrap_or(false);
+    if !ok && std::env::var("JDOP_REQUIRE_PY_READERS").as_deref() == Ok("1") {
+        panic!("python3 with duckdb, pyarrow, pandas and polars is required (JDOP_REQUIRE_PY_READERS=1)");
+    }
+    if !ok {
+        eprintln!("skipping: python3 with duckdb, pyarrow, pandas and polars not found");
+    }
+    ok
+}
+
+fn check(env: &Env, out: &str, spec: &DatasetSpec) {
+    let dir = env.path(out);
+    let m = manifest(&dir);
+    let first_raw = raw_record(spec, 0);
+    let mut first = serde_json::Map::new();
+    for c in &m.columns {
+        if matches!(c.arrow_type.as_str(), "Utf8" | "Int64" | "Float64" | "Boolean") && !c.json_text {
+            let raw = first_raw.iter().find(|(k, _)| k == &c.name).map(|(_, v)| v.as_str());
+            let v: serde_json::Value = match raw {
+                None | Some("null") => serde_json::Value::Null,
+                Some(r) => {
+                    let v: serde_json::Value = serde_json::from_str(r).unwrap();
+                    if c.arrow_type == "Utf8" && !v.is_string() {
+                        serde_json::Value::String(r.to_string())
+                    } else if c.arrow_type == "Float64" {
+                        serde_json::json!(v.as_f64().unwrap())
+                    } else {
+                        v
+                    }
+                }
+            };
+            if !v.is_null() {
+                first.insert(c.name.clone(), v);
+            }
+        }
+    }
+    let exp = serde_json::json!({
+        "dir": dir,
+        "rows": m.rows,
+        "files": m.files.len(),
+        "columns": m.columns.iter().map(|c| (c.name.clone(), c.arrow_type.clone())).collect::<Vec<_>>(),
+        "first": first,
+    });
+    let exp_path = env.path(&format!("{out}.expect.json"));
+    std::fs::write(&exp_path, exp.to_string()).unwrap();
+    let script = concat!(env!("CARGO_MANIFEST_DIR"), "/tests/readers.py");
+    let o = Command::new("python3").arg(script).arg(&exp_path).output().unwrap();
+    assert!(
+        o.status.success(),
+        "readers failed on {out}:\n{}\n{}",
+        String::from_utf8_lossy(&o.stdout),
+        String::from_utf8_lossy(&o.stderr)
+    );
+}
+
+#[test]
+fn duckdb_pyarrow_pandas_polars_read_snapshots() {
+    if !readers_available() {
+        return;
+    }
+    let typed = DatasetSpec::credit("cata_5769", 2500).with_typing(Typing::Typed);
+    let nested = DatasetSpec::nested("cata_9001", 700);
+    let env = Env::new(vec![typed.clone(), nested.clone()]);
+    env.export("cata_5769", "single", &["-q"]).ok();
+    check(&env, "single", &typed);
+    env.export("cata_5769", "rolled", &["-q", "--rows-per-file", "600"]).ok();
+    check(&env, "rolled", &typed);
+    env.export("cata_9001", "nested", &["-q", "--rows-per-file", "300"]).ok();
+    check(&env, "nested", &nested);
+}
