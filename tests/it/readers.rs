@@ -30,8 +30,15 @@ fn check(env: &Env, out: &str, spec: &DatasetSpec) {
     let first_raw = raw_record(spec, 0);
     let mut first = serde_json::Map::new();
     for c in &m.columns {
-        if matches!(c.arrow_type.as_str(), "Utf8" | "Int64" | "Float64" | "Boolean") && !c.json_text {
-            let raw = first_raw.iter().find(|(k, _)| k == &c.name).map(|(_, v)| v.as_str());
+        if matches!(
+            c.arrow_type.as_str(),
+            "Utf8" | "Int64" | "Float64" | "Boolean"
+        ) && !c.json_text
+        {
+            let raw = first_raw
+                .iter()
+                .find(|(k, _)| k == &c.name)
+                .map(|(_, v)| v.as_str());
             let v: serde_json::Value = match raw {
                 None | Some("null") => serde_json::Value::Null,
                 Some(r) => {
@@ -60,7 +67,11 @@ fn check(env: &Env, out: &str, spec: &DatasetSpec) {
     let exp_path = env.path(&format!("{out}.expect.json"));
     std::fs::write(&exp_path, exp.to_string()).unwrap();
     let script = concat!(env!("CARGO_MANIFEST_DIR"), "/tests/readers.py");
-    let o = Command::new("python3").arg(script).arg(&exp_path).output().unwrap();
+    let o = Command::new("python3")
+        .arg(script)
+        .arg(&exp_path)
+        .output()
+        .unwrap();
     assert!(
         o.status.success(),
         "readers failed on {out}:\n{}\n{}",
@@ -79,8 +90,10 @@ fn duckdb_pyarrow_pandas_polars_read_snapshots() {
     let env = Env::new(vec![typed.clone(), nested.clone()]);
     env.export("cata_5769", "single", &["-q"]).ok();
     check(&env, "single", &typed);
-    env.export("cata_5769", "rolled", &["-q", "--rows-per-file", "600"]).ok();
+    env.export("cata_5769", "rolled", &["-q", "--rows-per-file", "600"])
+        .ok();
     check(&env, "rolled", &typed);
-    env.export("cata_9001", "nested", &["-q", "--rows-per-file", "300"]).ok();
+    env.export("cata_9001", "nested", &["-q", "--rows-per-file", "300"])
+        .ok();
     check(&env, "nested", &nested);
 }

@@ -1,0 +1,153 @@
+//! Stage throughput of the export pipeline on simulator pages (no network):
+//! envelope + record parsing, schema inference, conversion to Arrow, Parquet
+//! encoding (zstd), CSV encoding, and the whole bytes-of-pages -> Parquet path.
+//! Each stage is reported in bytes/s (group `*_bytes`) and records/s (`*_records`).
+//!
+//! `cargo bench --bench pipeline`
+
+use std::hint::black_box;
+
+use arrow_array::RecordBatch;
+use criterion::{criterion_group, criterion_main, Criterion, Throughput};
+use jdop::convert::Converter;
+use jdop::platform::{parse_page, split_records};
+use jdop::schema::{InferredSchema, Inferrer};
+use jdop::sim::{DatasetSpec, Typing};
+use jdop::sink::{CsvSink, ParquetOptions, ParquetSink};
+
+/// 40 pages of 200 records: 8,000 records, about 7 MB of page bodies.
+const PAGES: u64 = 40;
+const PAGE_SIZE: u64 = 200;
+
+fn bodies() -> Vec<String> {
+    let spec = DatasetSpec::credit("cata_1", PAGES * PAGE_SIZE).with_typing(Typing::Mixed);
+    (0..PAGES)
+        .map(|p| {
+            let mut s = String::from("{\"status\":1,\"msg\":\"ok\",\"data\":[");
+            for i in p * PAGE_SIZE..(p + 1) * PAGE_SIZE {
+                if i > p * PAGE_SIZE {
+                    s.push(',');
+                }
+                spec.write_record(i, &mut s);
+            }
+            s.push_str("]}");
+            s
+        })
+        .collect()
+}
+
+fn arrays(bodies: &[String]) -> Vec<String> {
+    bodies
+        .iter()
+        .map(|b| parse_page(b.as_bytes()).unwrap().into_owned())
+        .collect()
+}
+
+fn infer(arrays: &[String]) -> InferredSchema {
+    let mut inf = Inferrer::default();
+    for a in arrays {
+        inf.merge(Inferrer::observe_page(&split_records(a).unwrap()));
+    }
+    inf.finish()
+}
+
+fn convert(conv: &Converter, arrays: &[String]) -> Vec<RecordBatch> {
+    arrays
+        .chunks(8)
+        .map(|c| {
+            let refs: Vec<&str> = c.iter().map(String::as_str).collect();
+            conv.decode(&refs).unwrap()
+        })
+        .collect()
+}
+
+fn stages(c: &mut Criterion) {
+    let bodies = bodies();
+    let arrays = arrays(&bodies);
+    let bytes: u64 = bodies.iter().map(|b| b.len() as u64).sum();
+    let records = PAGES * PAGE_SIZE;
+    let schema = infer(&arrays);
+    let conv = Converter::new(&schema);
+    let batches = convert(&conv, &arrays);
+    let dir = tempfile::tempdir().unwrap();
+
+    for (suffix, tp) in [
+        ("bytes", Throughput::Bytes(bytes)),
+        ("records", Throughput::Elements(records)),
+    ] {
+        let mut g = c.benchmark_group(format!("stage_{suffix}"));
+        g.sample_size(10);
+        g.throughput(tp);
+        g.bench_function("parse_envelope_and_records", |b| {
+            b.iter(|| {
+                for body in &bodies {
+                    let a = parse_page(body.as_bytes()).unwrap();
+                    black_box(split_records(&a).unwrap().len());
+                }
+            })
+        });
+        g.bench_function("infer_schema", |b| b.iter(|| black_box(infer(&arrays))));
+        g.bench_function("convert_to_arrow", |b| {
+            b.iter(|| black_box(convert(&conv, &arrays)))
+        });
+        g.bench_function("parquet_encode_zstd1", |b| {
+            b.iter(|| {
+                let mut sink = ParquetSink::new(
+                    dir.path().to_path_buf(),
+                    conv.schema().clone(),
+                    None,
+                    &ParquetOptions::default(),
+                    "cata_1",
+                )
+                .unwrap();
+                for batch in &batches {
+                    sink.write(batch).unwrap();
+                }
+                black_box(sink.close().unwrap());
+            })
+        });
+        g.bench_function("csv_encode", |b| {
+            let header: Vec<String> = schema.columns.iter().map(|c| c.name.clone()).collect();
+            b.iter(|| {
+                let mut sink = CsvSink::new(
+                    dir.path().to_path_buf(),
+                    header.clone(),
+                    false,
+                    None,
+                    "cata_1",
+                );
+                for a in &arrays {
+                    sink.write_records(&split_records(a).unwrap()).unwrap();
+                }
+                black_box(sink.close().unwrap());
+            })
+        });
+        g.bench_function("pages_to_parquet", |b| {
+            b.iter(|| {
+                let arrays = arrays_from(&bodies);
+                let schema = infer(&arrays);
+                let conv = Converter::new(&schema);
+                let mut sink = ParquetSink::new(
+                    dir.path().to_path_buf(),
+                    conv.schema().clone(),
+                    None,
+                    &ParquetOptions::default(),
+                    "cata_1",
+                )
+                .unwrap();
+                for batch in convert(&conv, &arrays) {
+                    sink.write(&batch).unwrap();
+                }
+                black_box(sink.close().unwrap());
+            })
+        });
+        g.finish();
+    }
+}
+
+fn arrays_from(bodies: &[String]) -> Vec<String> {
+    arrays(bodies)
+}
+
+criterion_group!(benches, stages);
+criterion_main!(benches);
