@@ -32,12 +32,15 @@ async fn main() -> Result<(), Box<dyn std::error::Error>> {
             concurrency: 4,
             page_size: 200,
             retry: RetryPolicy::default(),
+            gate: None,
         },
         client: ClientConfig::default(),
         rows_per_file: Some(10_000),
         csv_bom: false,
         parquet: ParquetOptions::default(),
         allow_inconsistent: false,
+        previous_columns: None,
+        schema_policy: Default::default(),
     };
     let summary = jdop::export(&cfg, Arc::new(jdop::progress::Silent)).await?;
     let m = &summary.manifest;

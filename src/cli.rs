@@ -24,6 +24,9 @@ Exit codes:
   5    the platform answered something that is not its JSON envelope or a page of records
   6    the snapshot could not be written (disk full, permissions, ...)
   7    the dataset changed during the export (rerun, or --allow-inconsistent)
+  8    the schema changed and the dataset's policy is freeze (sync)
+  9    sync: at least one dataset failed
+  10   sync: another sync holds the root's lock
   130  interrupted (Ctrl-C); nothing was published
 
 The appsecret is read from JDOP_APPSECRET or --appsecret-file FILE; it never appears
@@ -57,6 +60,9 @@ pub enum Command {
     Sim(SimArgs),
     /// Run the whole export against the built-in simulator (about 50,000 records)
     Demo(DemoArgs),
+    /// Keep a mirror of many datasets fresh from a TOML config (for cron)
+    #[command(after_help = SYNC_HELP)]
+    Sync(SyncArgs),
 }
 
 #[derive(Debug, Clone, Copy, ValueEnum)]
@@ -244,6 +250,41 @@ pub enum FailModeArg {
     Http500,
 }
 
+pub const SYNC_HELP: &str = "\
+Exit codes: 0 every dataset exported or unchanged; 2 the config has errors (each is
+listed with its line); 9 at least one dataset failed (the others were still synced);
+10 another sync holds the root's lock. See `jdop export --help` for the rest.";
+
+#[derive(Debug, Args)]
+pub struct SyncArgs {
+    /// The jobs file (TOML)
+    pub config: PathBuf,
+
+    /// Only validate the config file and report every error with its line
+    #[arg(long)]
+    pub check: bool,
+
+    /// Export every dataset even if its total and update date are unchanged
+    #[arg(long)]
+    pub force: bool,
+
+    /// Print the run's report as JSON on stdout (the table stays on stderr)
+    #[arg(long)]
+    pub json: bool,
+
+    /// No per-dataset lines and no table (errors still go to stderr)
+    #[arg(long, short = 'q')]
+    pub quiet: bool,
+
+    /// First retry delay in milliseconds
+    #[arg(long, default_value_t = 500, value_name = "MS")]
+    pub retry_min_delay_ms: u64,
+
+    /// Longest retry delay in milliseconds
+    #[arg(long, default_value_t = 30_000, value_name = "MS")]
+    pub retry_max_delay_ms: u64,
+}
+
 #[derive(Debug, Args)]
 pub struct DemoArgs {
     /// Output folder
@@ -317,6 +358,7 @@ impl Conn {
             concurrency: 1,
             page_size: MAX_PAGE_SIZE,
             retry: self.retry(),
+            gate: None,
         }
     }
 }
@@ -347,6 +389,7 @@ impl OutputArgs {
                 concurrency: self.concurrency as usize,
                 page_size: self.page_size,
                 retry,
+                gate: None,
             },
             client,
             rows_per_file: self.rows_per_file,
@@ -356,6 +399,8 @@ impl OutputArgs {
                 ..ParquetOptions::default()
             },
             allow_inconsistent: self.allow_inconsistent,
+            previous_columns: None,
+            schema_policy: Default::default(),
         }
     }
 }

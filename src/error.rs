@@ -26,6 +26,12 @@ pub enum ExitCode {
     Output = 6,
     /// The dataset changed while it was exported (total or update date moved).
     Inconsistent = 7,
+    /// The schema changed and the dataset's policy is `freeze`.
+    SchemaChanged = 8,
+    /// `jdop sync`: at least one dataset failed (the others went on).
+    SyncPartial = 9,
+    /// `jdop sync`: another sync holds the root folder's lock.
+    Locked = 10,
     /// Interrupted by Ctrl-C / SIGTERM; nothing was published.
     Interrupted = 130,
 }
@@ -166,6 +172,15 @@ pub enum Error {
         source: Box<dyn std::error::Error + Send + Sync>,
     },
 
+    #[error("the schema of `{dataset}` changed and its policy is `freeze`: {changes}")]
+    SchemaChanged { dataset: String, changes: String },
+
+    #[error("another `jdop sync` (pid {pid}) is running on `{}`", .root.display())]
+    Locked { root: PathBuf, pid: String },
+
+    #[error("{failed} of {total} datasets failed")]
+    SyncFailed { failed: usize, total: usize },
+
     #[error("interrupted; nothing was published")]
     Interrupted,
 
@@ -206,6 +221,9 @@ impl Error {
             Error::Page { .. } => ExitCode::Protocol,
             Error::Inconsistent { .. } => ExitCode::Inconsistent,
             Error::Io { .. } | Error::Write { .. } => ExitCode::Output,
+            Error::SchemaChanged { .. } => ExitCode::SchemaChanged,
+            Error::Locked { .. } => ExitCode::Locked,
+            Error::SyncFailed { .. } => ExitCode::SyncPartial,
             Error::Interrupted => ExitCode::Interrupted,
             Error::Internal(_) => ExitCode::Failure,
         }

@@ -18,7 +18,7 @@ use crate::platform::{
     parse_total, split_records, Client, ClientConfig, Secret, Target, UpdateDate,
 };
 use crate::progress::Reporter;
-use crate::schema::InferredSchema;
+use crate::schema::{InferredSchema, SchemaChanges, SchemaPolicy};
 use crate::sink::{CsvSink, FileEntry, Format, ParquetOptions, ParquetSink};
 use crate::spool::Spool;
 
@@ -38,6 +38,10 @@ pub struct ExportConfig {
     pub parquet: ParquetOptions,
     /// Publish even when the total or update date moved during the export.
     pub allow_inconsistent: bool,
+    /// Columns of the previous snapshot: the manifest lists what changed.
+    pub previous_columns: Option<Vec<crate::schema::ColumnInfo>>,
+    /// With `Freeze`, a schema that differs from `previous_columns` fails the export.
+    pub schema_policy: crate::schema::SchemaPolicy,
 }
 
 /// The result of a successful export.
@@ -50,7 +54,7 @@ pub struct Summary {
 /// Fetches the total (with retries).
 pub async fn total(client: &Client, cfg: &Limits, reporter: &dyn Reporter) -> Result<u64> {
     let counters = Counters::default();
-    let body = fetch::call(client, Op::Total, None, &cfg.retry, &counters, reporter).await?;
+    let body = fetch::call(client, Op::Total, None, cfg, &counters, reporter).await?;
     parse_total(&body).map_err(|e| bad_answer(client, Op::Total, e))
 }
 
@@ -61,15 +65,7 @@ pub async fn update_date(
     reporter: &dyn Reporter,
 ) -> Result<UpdateDate> {
     let counters = Counters::default();
-    let body = fetch::call(
-        client,
-        Op::UpdateDate,
-        None,
-        &cfg.retry,
-        &counters,
-        reporter,
-    )
-    .await?;
+    let body = fetch::call(client, Op::UpdateDate, None, cfg, &counters, reporter).await?;
     UpdateDate::from_body(&body).map_err(|e| bad_answer(client, Op::UpdateDate, e))
 }
 
@@ -101,18 +97,9 @@ pub async fn export(cfg: &ExportConfig, reporter: Arc<dyn Reporter>) -> Result<S
     let counters = Counters::default();
     let rep: &dyn Reporter = reporter.as_ref();
 
-    let total_body =
-        fetch::call(&client, Op::Total, None, &cfg.limits.retry, &counters, rep).await?;
+    let total_body = fetch::call(&client, Op::Total, None, &cfg.limits, &counters, rep).await?;
     let total_before = parse_total(&total_body).map_err(|e| bad_answer(&client, Op::Total, e))?;
-    let date_body = fetch::call(
-        &client,
-        Op::UpdateDate,
-        None,
-        &cfg.limits.retry,
-        &counters,
-        rep,
-    )
-    .await?;
+    let date_body = fetch::call(&client, Op::UpdateDate, None, &cfg.limits, &counters, rep).await?;
     let date_before =
         UpdateDate::from_body(&date_body).map_err(|e| bad_answer(&client, Op::UpdateDate, e))?;
 
@@ -124,18 +111,11 @@ pub async fn export(cfg: &ExportConfig, reporter: Arc<dyn Reporter>) -> Result<S
     let fetched = fetch::fetch_pages(&client, pages, &cfg.limits, &spool, &counters, rep).await?;
 
     let total_after_body =
-        fetch::call(&client, Op::Total, None, &cfg.limits.retry, &counters, rep).await?;
+        fetch::call(&client, Op::Total, None, &cfg.limits, &counters, rep).await?;
     let total_after =
         parse_total(&total_after_body).map_err(|e| bad_answer(&client, Op::Total, e))?;
-    let date_after_body = fetch::call(
-        &client,
-        Op::UpdateDate,
-        None,
-        &cfg.limits.retry,
-        &counters,
-        rep,
-    )
-    .await?;
+    let date_after_body =
+        fetch::call(&client, Op::UpdateDate, None, &cfg.limits, &counters, rep).await?;
     let date_after = UpdateDate::from_body(&date_after_body)
         .map_err(|e| bad_answer(&client, Op::UpdateDate, e))?;
 
@@ -161,6 +141,19 @@ pub async fn export(cfg: &ExportConfig, reporter: Arc<dyn Reporter>) -> Result<S
 
     let schema = fetched.inferrer.finish();
     let rows = schema.rows;
+    let columns = schema.describe();
+    let schema_changes = cfg
+        .previous_columns
+        .as_ref()
+        .map(|prev| SchemaChanges::between(prev, &columns));
+    if let Some(changes) = &schema_changes {
+        if cfg.schema_policy == SchemaPolicy::Freeze && !changes.is_empty() {
+            return Err(Error::SchemaChanged {
+                dataset,
+                changes: changes.describe(),
+            });
+        }
+    }
     rep.on_writing(rows);
     let mut parquet = cfg.parquet.clone();
     parquet
@@ -213,7 +206,8 @@ pub async fn export(cfg: &ExportConfig, reporter: Arc<dyn Reporter>) -> Result<S
         finished_at: finished_at.to_rfc3339_opts(SecondsFormat::Millis, true),
         duration_secs: (clock.elapsed().as_secs_f64() * 1000.0).round() / 1000.0,
         files,
-        columns: schema.describe(),
+        columns,
+        schema_changes,
     };
     manifest.write(&staging.snapshot())?;
     let out = staging.publish()?;

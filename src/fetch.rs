@@ -43,6 +43,8 @@ pub struct Limits {
     pub concurrency: usize,
     pub page_size: u32,
     pub retry: RetryPolicy,
+    /// A limit on requests in flight shared with other exports (`jdop sync`).
+    pub gate: Option<Arc<tokio::sync::Semaphore>>,
 }
 
 /// Calls made and retries spent, for the manifest.
@@ -77,19 +79,29 @@ pub async fn call(
     client: &Client,
     op: Op,
     page: Option<(u64, u32)>,
-    policy: &RetryPolicy,
+    policy: &Limits,
     counters: &Counters,
     reporter: &dyn Reporter,
 ) -> Result<Vec<u8>> {
     let started = Instant::now();
     let retries = AtomicU32::new(0);
+    let gate = policy.gate.clone();
     let what = match page {
         Some((p, _)) => format!("page {p} of `{}`", client.target().dataset),
         None => format!("{} of `{}`", op.endpoint(), client.target().dataset),
     };
     let attempt = || async {
+        let _permit = match &gate {
+            Some(g) => Some(
+                g.acquire()
+                    .await
+                    .map_err(|_| CallError::Transport("the request gate was closed".into()))?,
+            ),
+            None => None,
+        };
         counters.requests.fetch_add(1, Ordering::Relaxed);
         let body = client.call_raw(op, page).await?;
+        drop(_permit);
         let checked = match op {
             Op::Data => parse_page(&body).map(|_| ()),
             _ => crate::platform::parse_envelope(&body).map(|_| ()),
@@ -98,9 +110,9 @@ pub async fn call(
         Ok::<_, CallError>(body)
     };
     let backoff = ExponentialBuilder::default()
-        .with_min_delay(policy.min_delay)
-        .with_max_delay(policy.max_delay)
-        .with_max_times(policy.max_retries as usize)
+        .with_min_delay(policy.retry.min_delay)
+        .with_max_delay(policy.retry.max_delay)
+        .with_max_times(policy.retry.max_retries as usize)
         .with_jitter();
     let result = attempt
         .retry(backoff)
@@ -159,7 +171,7 @@ pub async fn fetch_pages(
                     client,
                     Op::Data,
                     Some((p, page_size)),
-                    &limits.retry,
+                    limits,
                     counters,
                     reporter,
                 )

@@ -17,6 +17,7 @@ pub mod schema;
 pub mod sim;
 pub mod sink;
 pub mod spool;
+pub mod sync;
 
 pub use error::{Error, ExitCode, Result};
 pub use export::{export, ExportConfig, Summary};

@@ -9,7 +9,7 @@ use std::sync::Arc;
 
 use clap::Parser;
 
-use cli::{Cli, Command, DemoArgs, ExportArgs, QueryArgs, SimArgs};
+use cli::{Cli, Command, DemoArgs, ExportArgs, QueryArgs, SimArgs, SyncArgs};
 use jdop::error::{Error, Result};
 use jdop::export::Summary;
 use jdop::platform::{Client, Secret, Target};
@@ -89,6 +89,7 @@ async fn run(cli: Cli) -> Result<()> {
         Command::Updated(args) => updated(args).await,
         Command::Sim(args) => sim(args).await,
         Command::Demo(args) => demo(args).await,
+        Command::Sync(args) => sync(args).await,
     }
 }
 
@@ -280,6 +281,115 @@ async fn demo(args: DemoArgs) -> Result<()> {
         eprintln!(
             "  duckdb -c \"SELECT 地市, count(*) AS n, sum(CAST(PENAM AS DOUBLE)) AS 罚款 FROM {reader}('{dir}/*.{ext}') GROUP BY 1 ORDER BY 2 DESC\""
         );
+    }
+    Ok(())
+}
+
+async fn sync(args: SyncArgs) -> Result<()> {
+    use jdop::sync::{self, Status};
+    let cfg = match sync::load(&args.config) {
+        Ok(c) => c,
+        Err(errors) => {
+            for e in &errors {
+                eprintln!("error: `{}` {e}", args.config.display());
+            }
+            return Err(Error::usage(format!(
+                "`{}` has {} error{}",
+                args.config.display(),
+                errors.len(),
+                if errors.len() == 1 { "" } else { "s" }
+            )));
+        }
+    };
+    if args.check {
+        if let Err(e) = sync::secret(&cfg) {
+            eprintln!("warning: {e}");
+        }
+        eprintln!(
+            "`{}` is valid: {} dataset{}, root `{}`",
+            args.config.display(),
+            cfg.jobs.len(),
+            if cfg.jobs.len() == 1 { "" } else { "s" },
+            cfg.root.display()
+        );
+        return Ok(());
+    }
+    let secret = sync::secret(&cfg)?;
+    let opts = sync::RunOptions {
+        force: args.force,
+        retry: Some(jdop::fetch::RetryPolicy {
+            max_retries: cfg.max_retries,
+            min_delay: std::time::Duration::from_millis(args.retry_min_delay_ms),
+            max_delay: std::time::Duration::from_millis(
+                args.retry_max_delay_ms.max(args.retry_min_delay_ms),
+            ),
+        }),
+    };
+    let quiet = args.quiet;
+    let on_done = move |o: &sync::Outcome| {
+        if quiet {
+            return;
+        }
+        match o.status {
+            Status::Failed => eprintln!(
+                "{}: failed: {}",
+                o.dataset,
+                o.error.as_deref().unwrap_or("")
+            ),
+            s => eprintln!(
+                "{}: {} ({} rows)",
+                o.dataset,
+                if s == Status::Exported {
+                    "exported"
+                } else {
+                    "unchanged"
+                },
+                o.rows.unwrap_or(0)
+            ),
+        }
+    };
+    let report = sync::run(&cfg, secret, &opts, &on_done).await?;
+    if let Some(pid) = &report.took_over_lock_of_pid {
+        eprintln!("note: took over a lock left by process {pid}, which is gone");
+    }
+    if !quiet {
+        eprintln!();
+        eprintln!(
+            "{:<16} {:<10} {:>10} {:<24} {:>9}",
+            "dataset", "status", "rows", "update date", "seconds"
+        );
+        for o in &report.datasets {
+            let status = match o.status {
+                Status::Exported => "exported",
+                Status::Unchanged => "unchanged",
+                Status::Failed => "FAILED",
+            };
+            eprintln!(
+                "{:<16} {:<10} {:>10} {:<24} {:>9.1}",
+                o.dataset,
+                status,
+                o.rows.map(|r| r.to_string()).unwrap_or_else(|| "-".into()),
+                o.update_date.as_deref().unwrap_or("-"),
+                o.duration_secs
+            );
+        }
+        eprintln!(
+            "{} exported, {} unchanged, {} failed in {:.1}s; mirror at `{}`",
+            report.exported,
+            report.unchanged,
+            report.failed,
+            report.duration_secs,
+            report.root.display()
+        );
+    }
+    if args.json {
+        out(&serde_json::to_string_pretty(&report).expect("serializes"))?;
+    }
+    if report.failed > 0 {
+        return Err(Error::SyncFailed {
+            failed: report.failed,
+            total: report.datasets.len(),
+        });
     }
     Ok(())
 }

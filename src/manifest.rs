@@ -8,7 +8,7 @@ use serde::{Deserialize, Serialize};
 
 use crate::error::{Error, Result};
 use crate::platform::UpdateDate;
-use crate::schema::ColumnInfo;
+use crate::schema::{ColumnInfo, SchemaChanges};
 use crate::sink::{FileEntry, Format};
 
 /// Bumped when a field changes meaning or disappears (adding fields does not).
@@ -42,6 +42,9 @@ pub struct Manifest {
     pub duration_secs: f64,
     pub files: Vec<FileEntry>,
     pub columns: Vec<ColumnInfo>,
+    /// Against the previous snapshot, when there is one (`jdop sync`).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub schema_changes: Option<SchemaChanges>,
 }
 
 impl Manifest {

@@ -369,6 +369,92 @@ impl InferredSchema {
     }
 }
 
+/// What to do when a dataset's columns change against its previous snapshot.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Default, serde::Serialize, serde::Deserialize)]
+#[serde(rename_all = "lowercase")]
+pub enum SchemaPolicy {
+    /// Publish the new schema; the manifest lists the changes.
+    #[default]
+    Evolve,
+    /// A changed schema fails the dataset; the previous snapshot stays latest.
+    Freeze,
+}
+
+/// Columns added, removed and changed in type against the previous snapshot.
+#[derive(Debug, Clone, Default, Serialize, serde::Deserialize, PartialEq)]
+pub struct SchemaChanges {
+    pub added: Vec<ColumnType>,
+    pub removed: Vec<ColumnType>,
+    pub changed: Vec<TypeChange>,
+}
+
+#[derive(Debug, Clone, Serialize, serde::Deserialize, PartialEq)]
+pub struct ColumnType {
+    pub name: String,
+    pub arrow_type: String,
+}
+
+#[derive(Debug, Clone, Serialize, serde::Deserialize, PartialEq)]
+pub struct TypeChange {
+    pub name: String,
+    pub from: String,
+    pub to: String,
+}
+
+impl SchemaChanges {
+    /// Compares the columns of a previous snapshot with the new ones.
+    pub fn between(before: &[ColumnInfo], after: &[ColumnInfo]) -> SchemaChanges {
+        let old: HashMap<&str, &ColumnInfo> = before.iter().map(|c| (c.name.as_str(), c)).collect();
+        let new: HashMap<&str, &ColumnInfo> = after.iter().map(|c| (c.name.as_str(), c)).collect();
+        let ct = |c: &ColumnInfo| ColumnType {
+            name: c.name.clone(),
+            arrow_type: c.arrow_type.clone(),
+        };
+        SchemaChanges {
+            added: after
+                .iter()
+                .filter(|c| !old.contains_key(c.name.as_str()))
+                .map(ct)
+                .collect(),
+            removed: before
+                .iter()
+                .filter(|c| !new.contains_key(c.name.as_str()))
+                .map(ct)
+                .collect(),
+            changed: after
+                .iter()
+                .filter_map(|c| {
+                    let o = old.get(c.name.as_str())?;
+                    (o.arrow_type != c.arrow_type).then(|| TypeChange {
+                        name: c.name.clone(),
+                        from: o.arrow_type.clone(),
+                        to: c.arrow_type.clone(),
+                    })
+                })
+                .collect(),
+        }
+    }
+
+    pub fn is_empty(&self) -> bool {
+        self.added.is_empty() && self.removed.is_empty() && self.changed.is_empty()
+    }
+
+    /// One line for messages: `added `x` (Utf8); removed `y`; `z` Int64 -> Utf8`.
+    pub fn describe(&self) -> String {
+        let mut parts = Vec::new();
+        for c in &self.added {
+            parts.push(format!("added `{}` ({})", c.name, c.arrow_type));
+        }
+        for c in &self.removed {
+            parts.push(format!("removed `{}`", c.name));
+        }
+        for c in &self.changed {
+            parts.push(format!("`{}` {} -> {}", c.name, c.from, c.to));
+        }
+        parts.join("; ")
+    }
+}
+
 /// A column as the manifest records it.
 #[derive(Debug, Clone, Serialize, serde::Deserialize, PartialEq)]
 pub struct ColumnInfo {

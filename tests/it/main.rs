@@ -6,4 +6,5 @@ mod export;
 mod failure;
 mod readers;
 mod schema;
+mod sync;
 mod util;

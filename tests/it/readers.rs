@@ -9,7 +9,7 @@ use jdop::sim::{DatasetSpec, Typing};
 
 use crate::util::*;
 
-fn readers_available() -> bool {
+pub fn readers_available() -> bool {
     let ok = Command::new("python3")
         .args(["-c", "import duckdb, pyarrow, pandas, polars"])
         .status()
