@@ -33,6 +33,7 @@ async fn main() -> Result<(), Box<dyn std::error::Error>> {
             page_size: 200,
             retry: RetryPolicy::default(),
             gate: None,
+            rate: None,
         },
         client: ClientConfig::default(),
         rows_per_file: Some(10_000),
@@ -41,6 +42,7 @@ async fn main() -> Result<(), Box<dyn std::error::Error>> {
         allow_inconsistent: false,
         previous_columns: None,
         schema_policy: Default::default(),
+        consistency_retries: 2,
     };
     let summary = jdop::export(&cfg, Arc::new(jdop::progress::Silent)).await?;
     let m = &summary.manifest;

@@ -11,7 +11,7 @@ use jdop::error::{Error, Result};
 use jdop::export::ExportConfig;
 use jdop::fetch::{Limits, RetryPolicy};
 use jdop::platform::{ClientConfig, Method, Secret, Target, MAX_PAGE_SIZE};
-use jdop::sim::{DatasetSpec, FailMode, Oversize, PastEnd, SimConfig};
+use jdop::sim::{DatasetSpec, FailMode, Oversize, PastEnd, SimConfig, Throttle};
 use jdop::sink::{Format, ParquetOptions};
 
 pub const EXIT_CODES: &str = "\
@@ -166,6 +166,14 @@ pub struct OutputArgs {
     #[arg(long, default_value_t = 1, value_parser = clap::value_parser!(i32).range(1..=22))]
     pub zstd_level: i32,
 
+    /// Start over this many times when the dataset changes during the export
+    #[arg(long, default_value_t = 2, value_name = "N")]
+    pub consistency_retries: u32,
+
+    /// Requests per second at most (e.g. 5 or 0.5); default: no cap besides --concurrency
+    #[arg(long, value_name = "R", value_parser = positive_f64)]
+    pub rate_limit: Option<f64>,
+
     /// Publish even if the total or update date moved during the export
     /// (the manifest then says "consistent": false)
     #[arg(long)]
@@ -178,6 +186,13 @@ pub struct OutputArgs {
     /// Print the manifest summary as JSON on stdout (human output stays on stderr)
     #[arg(long)]
     pub json: bool,
+}
+
+fn positive_f64(s: &str) -> std::result::Result<f64, String> {
+    match s.parse::<f64>() {
+        Ok(v) if v.is_finite() && v > 0.0 => Ok(v),
+        _ => Err(format!("`{s}` is not a positive number")),
+    }
 }
 
 #[derive(Debug, Args)]
@@ -219,6 +234,51 @@ pub struct SimArgs {
     #[arg(long, default_value_t = 0.0)]
     pub error_rate: f64,
 
+    /// Fraction of calls whose connection closes without a complete reply
+    #[arg(long, default_value_t = 0.0)]
+    pub drop_rate: f64,
+
+    /// Fraction of calls that stall for --stall-ms before answering
+    #[arg(long, default_value_t = 0.0)]
+    pub stall_rate: f64,
+
+    /// How long a stall lasts, in milliseconds
+    #[arg(long, default_value_t = 120_000)]
+    pub stall_ms: u64,
+
+    /// Fraction of calls answered with truncated JSON
+    #[arg(long, default_value_t = 0.0)]
+    pub truncate_rate: f64,
+
+    /// Fraction of calls answered with a 302 redirect to an HTML login page
+    #[arg(long, default_value_t = 0.0)]
+    pub redirect_rate: f64,
+
+    /// Throttle calls beyond this many in flight
+    #[arg(long, value_name = "N")]
+    pub max_in_flight: Option<u64>,
+
+    /// Throttle calls beyond this many per second
+    #[arg(long, value_name = "N")]
+    pub max_per_sec: Option<u64>,
+
+    /// How throttled calls are answered: HTTP 429 with Retry-After, or status 0 with a Chinese message
+    #[arg(long, value_enum, default_value = "http429")]
+    pub throttle: ThrottleArg,
+
+    /// Retry-After seconds sent with HTTP 429
+    #[arg(long, default_value_t = 1)]
+    pub retry_after_secs: u64,
+
+    /// After this many data calls, insert --mutate-rows rows at the front of the
+    /// dataset being read (its total grows, its update date moves a day)
+    #[arg(long, value_name = "N")]
+    pub mutate_after: Option<u64>,
+
+    /// Rows inserted by the mutation
+    #[arg(long, default_value_t = 10)]
+    pub mutate_rows: u64,
+
     /// A page number whose data calls always fail (repeatable)
     #[arg(long = "fail-page", value_name = "N")]
     pub fail_pages: Vec<u64>,
@@ -242,6 +302,12 @@ pub enum OversizeArg {
 pub enum PastEndArg {
     Empty,
     Last,
+}
+
+#[derive(Debug, Clone, Copy, ValueEnum)]
+pub enum ThrottleArg {
+    Http429,
+    Status0,
 }
 
 #[derive(Debug, Clone, Copy, ValueEnum)]
@@ -359,6 +425,7 @@ impl Conn {
             page_size: MAX_PAGE_SIZE,
             retry: self.retry(),
             gate: None,
+            rate: None,
         }
     }
 }
@@ -390,6 +457,10 @@ impl OutputArgs {
                 page_size: self.page_size,
                 retry,
                 gate: None,
+                rate: self
+                    .rate_limit
+                    .and_then(jdop::fetch::RateLimit::new)
+                    .map(std::sync::Arc::new),
             },
             client,
             rows_per_file: self.rows_per_file,
@@ -401,6 +472,7 @@ impl OutputArgs {
             allow_inconsistent: self.allow_inconsistent,
             previous_columns: None,
             schema_policy: Default::default(),
+            consistency_retries: self.consistency_retries,
         }
     }
 }
@@ -429,8 +501,16 @@ impl SimArgs {
                 .map(|s| DatasetSpec::parse(s))
                 .collect::<Result<Vec<_>>>()?
         };
-        if !(0.0..=1.0).contains(&self.error_rate) {
-            return Err(Error::usage("--error-rate must be between 0 and 1"));
+        for (name, rate) in [
+            ("--error-rate", self.error_rate),
+            ("--drop-rate", self.drop_rate),
+            ("--stall-rate", self.stall_rate),
+            ("--truncate-rate", self.truncate_rate),
+            ("--redirect-rate", self.redirect_rate),
+        ] {
+            if !(0.0..=1.0).contains(&rate) {
+                return Err(Error::usage(format!("{name} must be between 0 and 1")));
+            }
         }
         Ok(SimConfig {
             secret: self.secret.clone(),
@@ -451,6 +531,20 @@ impl SimArgs {
                 FailModeArg::Http500 => FailMode::Http500,
             },
             error_rate: self.error_rate,
+            drop_rate: self.drop_rate,
+            stall_rate: self.stall_rate,
+            stall: Duration::from_millis(self.stall_ms),
+            truncate_rate: self.truncate_rate,
+            redirect_rate: self.redirect_rate,
+            max_in_flight: self.max_in_flight,
+            max_per_sec: self.max_per_sec,
+            throttle: match self.throttle {
+                ThrottleArg::Http429 => Throttle::Http429,
+                ThrottleArg::Status0 => Throttle::Status0,
+            },
+            retry_after_secs: self.retry_after_secs,
+            mutate_after: self.mutate_after,
+            mutate_rows: self.mutate_rows,
             seed: self.seed,
         })
     }

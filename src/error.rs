@@ -80,6 +80,11 @@ pub enum CallError {
     Transport(String),
     #[error("HTTP status {status}{}", snippet_suffix(.snippet))]
     HttpStatus { status: u16, snippet: String },
+    #[error("throttled by the platform ({detail})")]
+    Throttled {
+        detail: String,
+        retry_after: Option<Duration>,
+    },
     #[error("HTTP {status} redirect to `{location}`")]
     Redirect { status: u16, location: String },
     #[error("response is not the JSON envelope ({reason}){}", snippet_suffix(.snippet))]
@@ -102,19 +107,22 @@ impl CallError {
     /// Transient failures are retried with backoff; terminal ones end the export.
     ///
     /// Transient: timeouts, connection and transport errors, HTTP 408/425/429/5xx,
-    /// bodies that are not the JSON envelope (proxies and overloaded gateways answer
-    /// with HTML or truncated bodies). Terminal: `status: 0` answers (the platform
-    /// said no), other 4xx, redirects (a login or error page), `data` of the wrong shape.
+    /// throttling (429, or `status: 0` with a throttling message), bodies that are
+    /// not the JSON envelope (proxies and overloaded gateways answer with HTML or
+    /// truncated bodies), redirects. Terminal: other `status: 0` answers (the
+    /// platform said no), other 4xx, `data` of the wrong shape.
     pub fn is_transient(&self) -> bool {
         match self {
             CallError::Timeout | CallError::Connect(_) | CallError::Transport(_) => true,
             CallError::HttpStatus { status, .. } => {
                 matches!(status, 408 | 425 | 429) || (500..600).contains(status)
             }
-            CallError::NotEnvelope { .. } => true,
-            CallError::Redirect { .. } | CallError::Rejected { .. } | CallError::BadData(_) => {
-                false
-            }
+            // A redirect leads to a login or error page: retried a few times in
+            // case it was a passing gateway hiccup, then reported.
+            CallError::NotEnvelope { .. }
+            | CallError::Throttled { .. }
+            | CallError::Redirect { .. } => true,
+            CallError::Rejected { .. } | CallError::BadData(_) => false,
         }
     }
 }
@@ -175,7 +183,7 @@ pub enum Error {
     #[error("the schema of `{dataset}` changed and its policy is `freeze`: {changes}")]
     SchemaChanged { dataset: String, changes: String },
 
-    #[error("another `jdop sync` (pid {pid}) is running on `{}`", .root.display())]
+    #[error("another jdop run (pid {pid}) is using `{}`", .root.display())]
     Locked { root: PathBuf, pid: String },
 
     #[error("{failed} of {total} datasets failed")]
@@ -214,7 +222,7 @@ impl Error {
                 CallError::Timeout | CallError::Connect(_) | CallError::Transport(_) => {
                     ExitCode::Network
                 }
-                CallError::HttpStatus { .. } => ExitCode::Network,
+                CallError::HttpStatus { .. } | CallError::Throttled { .. } => ExitCode::Network,
                 CallError::Redirect { .. } | CallError::NotEnvelope { .. } => ExitCode::Protocol,
                 CallError::BadData(_) => ExitCode::Protocol,
             },

@@ -13,7 +13,7 @@ use rayon::prelude::*;
 use crate::convert::Converter;
 use crate::error::{Error, Op, Result};
 use crate::fetch::{self, Counters, Limits};
-use crate::manifest::{Manifest, Staging, MANIFEST_VERSION};
+use crate::manifest::{Manifest, SpoolState, Staging, MANIFEST_VERSION};
 use crate::platform::{
     parse_total, split_records, Client, ClientConfig, Secret, Target, UpdateDate,
 };
@@ -42,6 +42,8 @@ pub struct ExportConfig {
     pub previous_columns: Option<Vec<crate::schema::ColumnInfo>>,
     /// With `Freeze`, a schema that differs from `previous_columns` fails the export.
     pub schema_policy: crate::schema::SchemaPolicy,
+    /// Passes started over when the dataset changed during a pass.
+    pub consistency_retries: u32,
 }
 
 /// The result of a successful export.
@@ -97,41 +99,65 @@ pub async fn export(cfg: &ExportConfig, reporter: Arc<dyn Reporter>) -> Result<S
     let counters = Counters::default();
     let rep: &dyn Reporter = reporter.as_ref();
 
-    let total_body = fetch::call(&client, Op::Total, None, &cfg.limits, &counters, rep).await?;
-    let total_before = parse_total(&total_body).map_err(|e| bad_answer(&client, Op::Total, e))?;
-    let date_body = fetch::call(&client, Op::UpdateDate, None, &cfg.limits, &counters, rep).await?;
-    let date_before =
-        UpdateDate::from_body(&date_body).map_err(|e| bad_answer(&client, Op::UpdateDate, e))?;
-
+    let (total_before, date_before) = total_and_date(&client, &cfg.limits, &counters, rep).await?;
     let staging = Staging::create(&cfg.out)?;
-    let spool = Spool::create(staging.spool())?;
-    let pages = fetch::page_count(total_before, cfg.limits.page_size);
-    rep.on_plan(&dataset, total_before, pages);
-
-    let fetched = fetch::fetch_pages(&client, pages, &cfg.limits, &spool, &counters, rep).await?;
-
-    let total_after_body =
-        fetch::call(&client, Op::Total, None, &cfg.limits, &counters, rep).await?;
-    let total_after =
-        parse_total(&total_after_body).map_err(|e| bad_answer(&client, Op::Total, e))?;
-    let date_after_body =
-        fetch::call(&client, Op::UpdateDate, None, &cfg.limits, &counters, rep).await?;
-    let date_after = UpdateDate::from_body(&date_after_body)
-        .map_err(|e| bad_answer(&client, Op::UpdateDate, e))?;
-
-    let reasons = consistency(
-        total_before,
-        total_after,
-        &date_before,
-        &date_after,
-        &fetched.page_rows,
-        cfg.limits.page_size,
-    );
+    let mut total_before = total_before;
+    let mut date_before = date_before;
+    let mut attempts = 0u32;
+    let mut pages_reused = 0u64;
+    let (fetched, pages, total_after, date_after, reasons, spool) = loop {
+        attempts += 1;
+        let state = SpoolState {
+            dataset: dataset.clone(),
+            base_url: cfg.target.base.to_string(),
+            total: total_before,
+            update_date: date_before.raw.clone(),
+            page_size: cfg.limits.page_size,
+        };
+        let kept = staging.prepare_spool(&state)?;
+        let spool = Spool::create(staging.spool())?;
+        if kept > 0 {
+            rep.warn(&format!(
+                "`{dataset}`: resuming an interrupted export: {kept} pages already fetched"
+            ));
+        }
+        let pages = fetch::page_count(total_before, cfg.limits.page_size);
+        rep.on_plan(&dataset, total_before, pages);
+        let fetched =
+            fetch::fetch_pages(&client, pages, &cfg.limits, &spool, &counters, rep).await?;
+        pages_reused += fetched.reused;
+        let (total_after, date_after) =
+            total_and_date(&client, &cfg.limits, &counters, rep).await?;
+        let mut reasons = consistency(
+            total_before,
+            total_after,
+            &date_before,
+            &date_after,
+            &fetched.page_rows,
+            cfg.limits.page_size,
+        );
+        reasons.extend(identical_pages(&fetched.page_hashes, &fetched.page_rows));
+        if reasons.is_empty() || attempts > cfg.consistency_retries {
+            break (fetched, pages, total_after, date_after, reasons, spool);
+        }
+        rep.warn(&format!(
+            "`{dataset}` changed during the export ({}); starting over ({} of {} retries)",
+            reasons.join("; "),
+            attempts,
+            cfg.consistency_retries
+        ));
+        staging.clear_spool()?;
+        total_before = total_after;
+        date_before = date_after;
+    };
     if !reasons.is_empty() {
         if !cfg.allow_inconsistent {
             return Err(Error::Inconsistent {
                 dataset,
-                reasons: reasons.join("; "),
+                reasons: format!(
+                    "{} (after {attempts} passes; nothing published; --allow-inconsistent publishes anyway)",
+                    reasons.join("; ")
+                ),
             });
         }
         for r in &reasons {
@@ -202,6 +228,9 @@ pub async fn export(cfg: &ExportConfig, reporter: Arc<dyn Reporter>) -> Result<S
         pages,
         requests: counters.requests.load(Ordering::Relaxed),
         retries: counters.retries.load(Ordering::Relaxed),
+        throttled: counters.throttled.load(Ordering::Relaxed),
+        passes: attempts,
+        pages_reused,
         started_at: started_at.to_rfc3339_opts(SecondsFormat::Millis, true),
         finished_at: finished_at.to_rfc3339_opts(SecondsFormat::Millis, true),
         duration_secs: (clock.elapsed().as_secs_f64() * 1000.0).round() / 1000.0,
@@ -213,6 +242,42 @@ pub async fn export(cfg: &ExportConfig, reporter: Arc<dyn Reporter>) -> Result<S
     let out = staging.publish()?;
     rep.finish();
     Ok(Summary { out, manifest })
+}
+
+/// Fetches the total and the update date (in that order).
+async fn total_and_date(
+    client: &Client,
+    limits: &Limits,
+    counters: &Counters,
+    rep: &dyn Reporter,
+) -> Result<(u64, UpdateDate)> {
+    let body = fetch::call(client, Op::Total, None, limits, counters, rep).await?;
+    let total = parse_total(&body).map_err(|e| bad_answer(client, Op::Total, e))?;
+    let body = fetch::call(client, Op::UpdateDate, None, limits, counters, rep).await?;
+    let date = UpdateDate::from_body(&body).map_err(|e| bad_answer(client, Op::UpdateDate, e))?;
+    Ok((total, date))
+}
+
+/// Pages whose records are byte-identical to an earlier page's: the platform
+/// served a page twice (rows shifted, or a page past the end answered with the
+/// last page again).
+pub fn identical_pages(hashes: &[u64], rows: &[u32]) -> Vec<String> {
+    let mut first: std::collections::HashMap<u64, usize> = std::collections::HashMap::new();
+    let mut out = Vec::new();
+    for (i, (&h, &n)) in hashes.iter().zip(rows).enumerate() {
+        if n == 0 {
+            continue;
+        }
+        if let Some(&j) = first.get(&h) {
+            out.push(format!("page {} is identical to page {}", i + 1, j + 1));
+            if out.len() >= 10 {
+                break;
+            }
+        } else {
+            first.insert(h, i);
+        }
+    }
+    out
 }
 
 /// Why a fetched dataset is not one consistent version (empty when it is).

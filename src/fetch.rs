@@ -19,7 +19,9 @@ use crate::progress::Reporter;
 use crate::schema::Inferrer;
 use crate::spool::Spool;
 
-/// Retry policy for transient failures: exponential backoff with jitter.
+/// Retry policy for transient failures: exponential backoff with full jitter
+/// (each delay drawn uniformly from zero to the exponential bound), `Retry-After`
+/// honoured as a minimum.
 #[derive(Debug, Clone)]
 pub struct RetryPolicy {
     pub max_retries: u32,
@@ -45,6 +47,159 @@ pub struct Limits {
     pub retry: RetryPolicy,
     /// A limit on requests in flight shared with other exports (`jdop sync`).
     pub gate: Option<Arc<tokio::sync::Semaphore>>,
+    /// A cap on requests per second (`--rate-limit`), shared by every call.
+    pub rate: Option<Arc<RateLimit>>,
+}
+
+/// Requests per second at most (a governor token bucket with a burst of one).
+pub struct RateLimit {
+    limiter: governor::DefaultDirectRateLimiter,
+    per_sec: f64,
+}
+
+impl RateLimit {
+    pub fn new(per_sec: f64) -> Option<RateLimit> {
+        if !(per_sec.is_finite() && per_sec > 0.0) {
+            return None;
+        }
+        let quota = governor::Quota::with_period(Duration::from_secs_f64(1.0 / per_sec))?;
+        Some(RateLimit {
+            limiter: governor::RateLimiter::direct(quota),
+            per_sec,
+        })
+    }
+
+    async fn wait(&self) {
+        self.limiter.until_ready().await;
+    }
+}
+
+impl std::fmt::Debug for RateLimit {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        write!(f, "RateLimit({}/s)", self.per_sec)
+    }
+}
+
+/// Adaptive concurrency (AIMD): the number of requests allowed in flight grows by
+/// about one per round of successes and halves on throttling, between 1 and the
+/// configured `--concurrency`. At most one decrease per second, so a burst of 429s
+/// answering one round counts once.
+pub struct Adaptive {
+    sem: Arc<tokio::sync::Semaphore>,
+    state: std::sync::Mutex<AimdState>,
+}
+
+struct AimdState {
+    limit: f64,
+    max: usize,
+    /// Permits that exist (in the semaphore or held), minus those owed.
+    permits: usize,
+    /// Permits to forget as they come back (after a decrease).
+    debt: usize,
+    last_decrease: Option<Instant>,
+    decreases: u64,
+}
+
+/// A permit of [`Adaptive`]; returned (or forgotten, after a decrease) on drop.
+pub struct AdaptivePermit<'a> {
+    permit: Option<tokio::sync::SemaphorePermit<'a>>,
+    owner: &'a Adaptive,
+}
+
+impl Drop for AdaptivePermit<'_> {
+    fn drop(&mut self) {
+        if let Some(p) = self.permit.take() {
+            let mut st = self.owner.state.lock().unwrap_or_else(|e| e.into_inner());
+            if st.debt > 0 {
+                st.debt -= 1;
+                p.forget();
+            }
+        }
+    }
+}
+
+impl Adaptive {
+    pub fn new(max: usize) -> Adaptive {
+        let max = max.max(1);
+        Adaptive {
+            sem: Arc::new(tokio::sync::Semaphore::new(max)),
+            state: std::sync::Mutex::new(AimdState {
+                limit: max as f64,
+                max,
+                permits: max,
+                debt: 0,
+                last_decrease: None,
+                decreases: 0,
+            }),
+        }
+    }
+
+    pub async fn acquire(&self) -> AdaptivePermit<'_> {
+        let permit = self.sem.acquire().await.ok();
+        AdaptivePermit {
+            permit,
+            owner: self,
+        }
+    }
+
+    /// The current limit on requests in flight.
+    pub fn limit(&self) -> usize {
+        self.state.lock().unwrap_or_else(|e| e.into_inner()).permits
+    }
+
+    pub fn decreases(&self) -> u64 {
+        self.state
+            .lock()
+            .unwrap_or_else(|e| e.into_inner())
+            .decreases
+    }
+
+    pub fn on_success(&self) {
+        let mut st = self.state.lock().unwrap_or_else(|e| e.into_inner());
+        if st.permits >= st.max {
+            return;
+        }
+        st.limit = (st.limit + 1.0 / st.limit).min(st.max as f64);
+        if st.limit.floor() as usize > st.permits {
+            st.permits += 1;
+            if st.debt > 0 {
+                st.debt -= 1;
+            } else {
+                self.sem.add_permits(1);
+            }
+        }
+    }
+
+    pub fn on_throttle(&self) {
+        let mut st = self.state.lock().unwrap_or_else(|e| e.into_inner());
+        if st
+            .last_decrease
+            .is_some_and(|t| t.elapsed() < Duration::from_secs(1))
+        {
+            return;
+        }
+        st.last_decrease = Some(Instant::now());
+        st.decreases += 1;
+        let new = (st.permits / 2).max(1);
+        let cut = st.permits - new;
+        let forgotten = self.sem.forget_permits(cut);
+        st.debt += cut - forgotten;
+        st.permits = new;
+        st.limit = new as f64;
+    }
+}
+
+/// A uniform number in [0, 1) without a random-number crate: the clock and a
+/// counter mixed (jitter only needs to spread clients apart).
+fn unit_random() -> f64 {
+    static COUNTER: AtomicU64 = AtomicU64::new(0);
+    let nanos = std::time::SystemTime::now()
+        .duration_since(std::time::UNIX_EPOCH)
+        .map(|d| d.as_nanos() as u64)
+        .unwrap_or(0);
+    let n = COUNTER.fetch_add(1, Ordering::Relaxed);
+    let h = crate::sim::data::mix(nanos ^ crate::sim::data::mix(n));
+    (h >> 11) as f64 / (1u64 << 53) as f64
 }
 
 /// Calls made and retries spent, for the manifest.
@@ -52,6 +207,7 @@ pub struct Limits {
 pub struct Counters {
     pub requests: AtomicU64,
     pub retries: AtomicU64,
+    pub throttled: AtomicU64,
 }
 
 /// ceil(total / page_size) pages, numbered from 1.
@@ -74,12 +230,25 @@ where
 }
 
 /// One call with retries. The envelope is checked inside the retry loop so that
-/// HTML or truncated bodies are retried like any transient failure.
+/// HTML or truncated bodies are retried like any transient failure. `adaptive`
+/// (page fetches) lowers concurrency on throttling and raises it on success.
 pub async fn call(
     client: &Client,
     op: Op,
     page: Option<(u64, u32)>,
     policy: &Limits,
+    counters: &Counters,
+    reporter: &dyn Reporter,
+) -> Result<Vec<u8>> {
+    call_adaptive(client, op, page, policy, None, counters, reporter).await
+}
+
+pub async fn call_adaptive(
+    client: &Client,
+    op: Op,
+    page: Option<(u64, u32)>,
+    policy: &Limits,
+    adaptive: Option<&Adaptive>,
     counters: &Counters,
     reporter: &dyn Reporter,
 ) -> Result<Vec<u8>> {
@@ -91,6 +260,10 @@ pub async fn call(
         None => format!("{} of `{}`", op.endpoint(), client.target().dataset),
     };
     let attempt = || async {
+        let _slot = match adaptive {
+            Some(a) => Some(a.acquire().await),
+            None => None,
+        };
         let _permit = match &gate {
             Some(g) => Some(
                 g.acquire()
@@ -99,25 +272,55 @@ pub async fn call(
             ),
             None => None,
         };
+        if let Some(rate) = &policy.rate {
+            rate.wait().await;
+        }
         counters.requests.fetch_add(1, Ordering::Relaxed);
-        let body = client.call_raw(op, page).await?;
-        drop(_permit);
-        let checked = match op {
-            Op::Data => parse_page(&body).map(|_| ()),
-            _ => crate::platform::parse_envelope(&body).map(|_| ()),
-        };
-        checked.map_err(|e| client.redact_err(e))?;
-        Ok::<_, CallError>(body)
+        let result = async {
+            let body = client.call_raw(op, page).await?;
+            let checked = match op {
+                Op::Data => parse_page(&body).map(|_| ()),
+                _ => crate::platform::parse_envelope(&body).map(|_| ()),
+            };
+            checked.map_err(|e| client.redact_err(e))?;
+            Ok::<_, CallError>(body)
+        }
+        .await;
+        if let Some(a) = adaptive {
+            match &result {
+                Ok(_) => a.on_success(),
+                Err(CallError::Throttled { .. }) => {
+                    counters.throttled.fetch_add(1, Ordering::Relaxed);
+                    a.on_throttle()
+                }
+                Err(_) => {}
+            }
+        } else if matches!(result, Err(CallError::Throttled { .. })) {
+            counters.throttled.fetch_add(1, Ordering::Relaxed);
+        }
+        result
     };
     let backoff = ExponentialBuilder::default()
         .with_min_delay(policy.retry.min_delay)
         .with_max_delay(policy.retry.max_delay)
-        .with_max_times(policy.retry.max_retries as usize)
-        .with_jitter();
+        .with_max_times(policy.retry.max_retries as usize);
+    let max_delay = policy.retry.max_delay;
     let result = attempt
         .retry(backoff)
         .sleep(tokio::time::sleep)
         .when(|e: &CallError| e.is_transient())
+        .adjust(|e: &CallError, delay: Option<Duration>| {
+            // Full jitter, and never sooner than the server's Retry-After.
+            let delay = delay?;
+            let jittered = delay.mul_f64(unit_random());
+            match e {
+                CallError::Throttled {
+                    retry_after: Some(ra),
+                    ..
+                } => Some((*ra).max(jittered).min(max_delay.max(*ra))),
+                _ => Some(jittered),
+            }
+        })
         .notify(|e: &CallError, delay: Duration| {
             let n = retries.fetch_add(1, Ordering::Relaxed);
             counters.retries.fetch_add(1, Ordering::Relaxed);
@@ -149,6 +352,10 @@ pub struct Fetched {
     pub inferrer: Inferrer,
     /// Rows per page, index 0 = page 1.
     pub page_rows: Vec<u32>,
+    /// A hash of each page's records, to find pages served twice.
+    pub page_hashes: Vec<u64>,
+    /// Pages read from the spool of an interrupted run instead of fetched.
+    pub reused: u64,
 }
 
 /// Fetches pages `1..=pages` into the spool and infers the schema over them.
@@ -162,42 +369,63 @@ pub async fn fetch_pages(
 ) -> Result<Fetched> {
     let dataset = client.target().dataset.to_string();
     let page_size = limits.page_size;
+    let adaptive = Adaptive::new(limits.concurrency);
+    let adaptive = &adaptive;
     let mut stream = futures::stream::iter(1..=pages)
         .map(|p| {
             let dataset = dataset.clone();
             let spool = spool.clone();
             async move {
-                let body = call(
-                    client,
-                    Op::Data,
-                    Some((p, page_size)),
-                    limits,
-                    counters,
-                    reporter,
-                )
-                .await?;
-                let (rows, inf) = on_rayon(move || process_page(&spool, p, &body))
+                if spool.has_page(p) {
+                    let out = on_rayon(move || {
+                        let text = spool.read_page(p).map_err(PageError::Spool)?;
+                        process_array(&spool, p, &text, false)
+                    })
                     .await?
                     .map_err(|source| Error::Page {
                         dataset: dataset.clone(),
                         page: p,
                         source: Box::new(source),
                     })?;
-                reporter.on_page(p, rows as u64);
-                Ok::<_, Error>((p, rows, inf))
+                    reporter.on_page(p, out.0 as u64);
+                    return Ok::<_, Error>((p, out, true));
+                }
+                let body = call_adaptive(
+                    client,
+                    Op::Data,
+                    Some((p, page_size)),
+                    limits,
+                    Some(adaptive),
+                    counters,
+                    reporter,
+                )
+                .await?;
+                let out = on_rayon(move || process_page(&spool, p, &body))
+                    .await?
+                    .map_err(|source| Error::Page {
+                        dataset: dataset.clone(),
+                        page: p,
+                        source: Box::new(source),
+                    })?;
+                reporter.on_page(p, out.0 as u64);
+                Ok::<_, Error>((p, out, false))
             }
         })
         .buffer_unordered(limits.concurrency.max(1));
 
     let mut inferrer = Inferrer::default();
     let mut page_rows = Vec::with_capacity(pages.min(1 << 20) as usize);
-    let mut pending: BTreeMap<u64, (u32, Inferrer)> = BTreeMap::new();
+    let mut page_hashes = Vec::with_capacity(pages.min(1 << 20) as usize);
+    let mut reused = 0;
+    let mut pending: BTreeMap<u64, (u32, Inferrer, u64)> = BTreeMap::new();
     let mut next = 1u64;
-    while let Some((p, rows, inf)) = stream.try_next().await? {
-        pending.insert(p, (rows, inf));
-        while let Some((rows, inf)) = pending.remove(&next) {
+    while let Some((p, out, was_reused)) = stream.try_next().await? {
+        reused += was_reused as u64;
+        pending.insert(p, out);
+        while let Some((rows, inf, hash)) = pending.remove(&next) {
             inferrer.merge(inf);
             page_rows.push(rows);
+            page_hashes.push(hash);
             next += 1;
         }
     }
@@ -205,23 +433,36 @@ pub async fn fetch_pages(
     Ok(Fetched {
         inferrer,
         page_rows,
+        page_hashes,
+        reused,
     })
 }
 
 /// Splits a page, infers its schema and spools its record array.
-fn process_page(spool: &Spool, page: u64, body: &[u8]) -> Result<(u32, Inferrer), PageError> {
+fn process_page(spool: &Spool, page: u64, body: &[u8]) -> Result<(u32, Inferrer, u64), PageError> {
     let array =
         parse_page(body).map_err(|e| PageError::Spool(std::io::Error::other(e.to_string())))?;
-    let records = split_records(&array)?;
-    let inf = Inferrer::observe_page(&records);
-    spool
-        .write_page(page, &array)
-        .map_err(|e| PageError::Spool(std::io::Error::other(e.to_string())))?;
-    Ok((records.len() as u32, inf))
+    process_array(spool, page, &array, true)
 }
 
-/// Shared handle type for counters.
-pub type SharedCounters = Arc<Counters>;
+/// Infers a page's schema, hashes its records and (for fetched pages) spools them.
+fn process_array(
+    spool: &Spool,
+    page: u64,
+    array: &str,
+    write: bool,
+) -> Result<(u32, Inferrer, u64), PageError> {
+    let records = split_records(array)?;
+    let inf = Inferrer::observe_page(&records);
+    if write {
+        spool
+            .write_page(page, array)
+            .map_err(|e| PageError::Spool(std::io::Error::other(e.to_string())))?;
+    }
+    let mut h = std::collections::hash_map::DefaultHasher::new();
+    std::hash::Hash::hash(array.as_bytes(), &mut h);
+    Ok((records.len() as u32, inf, std::hash::Hasher::finish(&h)))
+}
 
 #[cfg(test)]
 mod tests {

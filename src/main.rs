@@ -30,10 +30,18 @@ fn main() -> ExitCode {
         }
     };
     let result = runtime.block_on(async {
-        tokio::select! {
-            r = run(cli) => r,
-            _ = interrupted() => Err(Error::Interrupted),
-        }
+        // On Ctrl-C or SIGTERM, exit at once without unwinding anything: the staging
+        // folder keeps its spool so that the same command resumes, and nothing was
+        // published. (Dropping the export instead would delete the spool.)
+        tokio::spawn(async {
+            interrupted().await;
+            eprintln!(
+                "error: {}; run the same command again to resume",
+                Error::Interrupted
+            );
+            std::process::exit(jdop::ExitCode::Interrupted as i32);
+        });
+        run(cli).await
     });
     // Blocking writer threads may still run after an interrupt: do not wait for them.
     runtime.shutdown_background();

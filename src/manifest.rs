@@ -2,6 +2,7 @@
 //! publish of a staging folder onto `--out`.
 
 use std::fs;
+use std::io::Write;
 use std::path::{Path, PathBuf};
 
 use serde::{Deserialize, Serialize};
@@ -37,6 +38,15 @@ pub struct Manifest {
     pub pages: u64,
     pub requests: u64,
     pub retries: u64,
+    /// Calls the platform answered with throttling (429 or its throttling message).
+    #[serde(default)]
+    pub throttled: u64,
+    /// Passes over the dataset: more than one when it changed during a pass.
+    #[serde(default = "one")]
+    pub passes: u32,
+    /// Pages taken from the spool of an interrupted earlier run.
+    #[serde(default)]
+    pub pages_reused: u64,
     pub started_at: String,
     pub finished_at: String,
     pub duration_secs: f64,
@@ -45,6 +55,10 @@ pub struct Manifest {
     /// Against the previous snapshot, when there is one (`jdop sync`).
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub schema_changes: Option<SchemaChanges>,
+}
+
+fn one() -> u32 {
+    1
 }
 
 impl Manifest {
@@ -70,13 +84,26 @@ impl Manifest {
     }
 }
 
-/// The staging folder of an export: `.<name>.jdop-staging-<pid>` next to `--out`,
-/// on the same file system so that publishing is a rename. Removed on drop unless
-/// published, so a failed export leaves nothing behind.
+/// The staging folder of an export: `.<name>.jdop-staging` next to `--out`, on the
+/// same file system so that publishing is a rename. It holds `spool/` (raw pages,
+/// kept across a kill or Ctrl-C so the next run resumes), `snapshot/` (the files
+/// being written) and `state.json` (what the spool belongs to). An OS lock on
+/// `lock` stops two runs from sharing it. On error it is removed when dropped.
 pub struct Staging {
     root: PathBuf,
     out: PathBuf,
     keep: bool,
+    _lock: fs::File,
+}
+
+/// What a spool holds: pages of this dataset version, fetched with this page size.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+pub struct SpoolState {
+    pub dataset: String,
+    pub base_url: String,
+    pub total: u64,
+    pub update_date: serde_json::Value,
+    pub page_size: u32,
 }
 
 impl Staging {
@@ -97,18 +124,76 @@ impl Staging {
             )));
         }
         remove_stale(&parent, &name);
-        let root = parent.join(format!(".{name}.jdop-staging-{}", std::process::id()));
-        if root.exists() {
-            fs::remove_dir_all(&root)
-                .map_err(|e| Error::io("clear the staging folder", &root, e))?;
+        let root = parent.join(format!(".{name}.jdop-staging"));
+        fs::create_dir_all(&root).map_err(|e| Error::io("create the staging folder", &root, e))?;
+        let lock_path = root.join("lock");
+        let lock = fs::OpenOptions::new()
+            .create(true)
+            .truncate(false)
+            .read(true)
+            .write(true)
+            .open(&lock_path)
+            .map_err(|e| Error::io("open the staging lock", &lock_path, e))?;
+        match lock.try_lock() {
+            Ok(()) => {}
+            Err(fs::TryLockError::WouldBlock) => {
+                let pid = fs::read_to_string(&lock_path).unwrap_or_default();
+                // Not ours to clean: keep = true via an early return before Staging exists.
+                return Err(Error::Locked {
+                    root: out.to_path_buf(),
+                    pid: pid.trim().to_string(),
+                });
+            }
+            Err(fs::TryLockError::Error(e)) => return Err(Error::io("lock", &lock_path, e)),
         }
-        fs::create_dir_all(root.join("snapshot"))
-            .map_err(|e| Error::io("create the staging folder", &root, e))?;
+        let _ = lock.set_len(0);
+        let _ = (&lock).write_all(std::process::id().to_string().as_bytes());
+        let snapshot = root.join("snapshot");
+        if snapshot.exists() {
+            fs::remove_dir_all(&snapshot)
+                .map_err(|e| Error::io("clear the staging folder", &snapshot, e))?;
+        }
+        fs::create_dir_all(&snapshot)
+            .map_err(|e| Error::io("create the staging folder", &snapshot, e))?;
         Ok(Staging {
             root,
             out: out.to_path_buf(),
             keep: false,
+            _lock: lock,
         })
+    }
+
+    /// Keeps the spool when it belongs to `state` (a resumed run) and returns how
+    /// many pages it holds; otherwise empties it and records `state`.
+    pub fn prepare_spool(&self, state: &SpoolState) -> Result<u64> {
+        let path = self.root.join("state.json");
+        let spool = self.spool();
+        let previous: Option<SpoolState> = fs::read_to_string(&path)
+            .ok()
+            .and_then(|t| serde_json::from_str(&t).ok());
+        if previous.as_ref() == Some(state) && spool.is_dir() {
+            let pages = fs::read_dir(&spool)
+                .map(|d| {
+                    d.flatten()
+                        .filter(|e| e.file_name().to_string_lossy().ends_with(".json"))
+                        .count() as u64
+                })
+                .unwrap_or(0);
+            return Ok(pages);
+        }
+        self.clear_spool()?;
+        let text = serde_json::to_string_pretty(state).expect("serializes");
+        fs::write(&path, text).map_err(|e| Error::io("write", &path, e))?;
+        Ok(0)
+    }
+
+    pub fn clear_spool(&self) -> Result<()> {
+        let spool = self.spool();
+        if spool.exists() {
+            fs::remove_dir_all(&spool).map_err(|e| Error::io("clear the spool", &spool, e))?;
+        }
+        let _ = fs::remove_file(self.root.join("state.json"));
+        Ok(())
     }
 
     pub fn root(&self) -> &Path {
@@ -189,7 +274,8 @@ fn is_replaceable(out: &Path) -> bool {
         .unwrap_or(false)
 }
 
-/// Removes staging folders of earlier runs whose process is gone (killed runs).
+/// Removes folders of earlier runs whose process is gone: snapshots moved aside
+/// during a publish that was killed, and staging folders of older versions.
 fn remove_stale(parent: &Path, name: &str) {
     let Ok(entries) = fs::read_dir(parent) else {
         return;

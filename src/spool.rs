@@ -43,6 +43,10 @@ impl Spool {
         fs::rename(&tmp, &path).map_err(|e| Error::io("rename spool file", &path, e))
     }
 
+    pub fn has_page(&self, page: u64) -> bool {
+        self.page_path(page).is_file()
+    }
+
     pub fn read_page(&self, page: u64) -> std::io::Result<String> {
         fs::read_to_string(self.page_path(page))
     }

@@ -291,7 +291,19 @@ impl Client {
                 location: self.secret.redact(&location),
             });
         }
+        let retry_after = resp
+            .headers()
+            .get(reqwest::header::RETRY_AFTER)
+            .and_then(|v| v.to_str().ok())
+            .and_then(|v| v.trim().parse::<u64>().ok())
+            .map(|s| Duration::from_secs(s.min(600)));
         let body = resp.bytes().await.map_err(|e| self.classify(e))?;
+        if status.as_u16() == 429 {
+            return Err(CallError::Throttled {
+                detail: "HTTP 429".into(),
+                retry_after,
+            });
+        }
         if !status.is_success() {
             return Err(CallError::HttpStatus {
                 status: status.as_u16(),
@@ -325,6 +337,12 @@ impl Client {
 
     pub fn redact_err(&self, e: CallError) -> CallError {
         match e {
+            CallError::Rejected { status, msg } if is_throttle_message(&msg) => {
+                CallError::Throttled {
+                    detail: format!("status {status}: {}", self.secret.redact(&msg)),
+                    retry_after: None,
+                }
+            }
             CallError::Rejected { status, msg } => CallError::Rejected {
                 status,
                 msg: self.secret.redact(&msg),
@@ -337,6 +355,27 @@ impl Client {
             other => other,
         }
     }
+}
+
+/// Whether a `status: 0` message says "too many requests" rather than "no".
+/// The platform's wording is unknown; these are the usual Chinese and English ones.
+pub fn is_throttle_message(msg: &str) -> bool {
+    const WORDS: &[&str] = &[
+        "频繁",
+        "限流",
+        "过于频繁",
+        "请求过多",
+        "访问过快",
+        "次数超",
+        "超过访问",
+        "稍后再试",
+        "繁忙",
+        "too many",
+        "rate limit",
+        "throttl",
+    ];
+    let lower = msg.to_lowercase();
+    WORDS.iter().any(|w| lower.contains(w))
 }
 
 /// The error and its sources on one line, as the final message of a call.

@@ -53,6 +53,9 @@ pub struct DatasetSpec {
     pub seed: u64,
     /// The update date (served in `date_format`).
     pub updated: NaiveDateTime,
+    /// Rows inserted at the front after the dataset was first served (a mutation):
+    /// records `0..front` are new, record `front + i` is the original record `i`.
+    pub front: u64,
 }
 
 impl DatasetSpec {
@@ -67,6 +70,7 @@ impl DatasetSpec {
             updated: NaiveDate::from_ymd_opt(2024, 5, 17)
                 .and_then(|d| d.and_hms_opt(10, 25, 0))
                 .expect("valid date"),
+            front: 0,
         }
     }
 
@@ -179,10 +183,23 @@ impl DatasetSpec {
     }
 
     pub fn write_record(&self, i: u64, out: &mut String) {
+        if i < self.front {
+            // Inserted rows: another seed, ids after every original one.
+            let inserted = DatasetSpec {
+                seed: self.seed ^ 0x5EED_F00D,
+                front: 0,
+                ..self.clone()
+            };
+            return inserted.write_original(self.rows + i, out);
+        }
+        self.write_original(i - self.front, out)
+    }
+
+    fn write_original(&self, i: u64, out: &mut String) {
         match &self.shape {
             Shape::Credit => credit(self, i, out),
             Shape::Nested => nested(self, i, out),
-            Shape::Fixed(recs) => out.push_str(&recs[i as usize]),
+            Shape::Fixed(recs) => out.push_str(&recs[(i as usize) % recs.len().max(1)]),
         }
     }
 
@@ -461,7 +478,9 @@ fn credit(spec: &DatasetSpec, i: u64, out: &mut String) {
         o.raw("ALLNULL", "null");
     }
 
-    if spec.rows >= 10 && i >= spec.rows - spec.rows / 10 {
+    // A key only in the last tenth of the original rows (a late key).
+    let base = spec.rows - spec.front;
+    if base >= 10 && i >= base - base / 10 && i < base {
         o.str("LATECOL", r.pick(DEPTS));
     }
     o.end();

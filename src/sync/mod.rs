@@ -372,6 +372,7 @@ async fn one(
         page_size: s.page_size,
         retry,
         gate: Some(gate),
+        rate: None,
     };
     let previous = read_latest(&dir);
     if !force {
@@ -413,6 +414,7 @@ async fn one(
         allow_inconsistent: false,
         previous_columns: previous.as_ref().map(|p| p.1.columns.clone()),
         schema_policy: s.schema,
+        consistency_retries: 2,
     };
     let reporter: Arc<dyn Reporter> = Arc::new(Silent);
     let summary = export::export(&export_cfg, reporter).await?;

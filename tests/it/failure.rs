@@ -144,10 +144,10 @@ fn platform_failure_midway_keeps_earlier_snapshot() {
     // First a good snapshot, then the simulator starts failing page 5.
     env.export("cata_3820", "snap", &["-q"]).ok();
     let before = snapshot_state(&env.path("snap"));
-    drop(env);
+    let first_env = env;
 
     for (mode, code, text) in [
-        (FailMode::Status0, 3, "系统繁忙"),
+        (FailMode::Status0, 3, jdop::sim::FAIL_MSG),
         (FailMode::Http500, 4, "after 2 retries"),
     ] {
         let env = Env::with(SimConfig {
@@ -157,8 +157,12 @@ fn platform_failure_midway_keeps_earlier_snapshot() {
             ..SimConfig::default()
         });
         std::fs::create_dir(env.path("snap")).unwrap();
-        for (name, bytes) in &before {
-            std::fs::write(env.path("snap").join(name), bytes).unwrap();
+        for name in before.keys() {
+            std::fs::copy(
+                first_env.path("snap").join(name),
+                env.path("snap").join(name),
+            )
+            .unwrap();
         }
         let run = env.export("cata_3820", "snap", &["-q", "--max-retries", "2"]);
         run.fails_with(code)
@@ -237,15 +241,17 @@ fn a_folder_that_is_not_a_snapshot_is_not_replaced() {
 }
 
 #[test]
-fn killed_export_leaves_earlier_snapshot_and_next_run_cleans_up() {
+fn killed_export_leaves_earlier_snapshot_and_the_next_run_resumes() {
+    let spec = DatasetSpec::credit("cata_3820", 4000);
     let env = Env::with(SimConfig {
-        datasets: vec![DatasetSpec::credit("cata_3820", 4000)],
+        datasets: vec![spec.clone()],
         latency: Duration::from_millis(40),
         ..SimConfig::default()
     });
     env.export("cata_3820", "snap", &["-q", "-j", "8"]).ok();
-    let before = snapshot_state(&env.path("snap"));
     for signal in ["-KILL", "-TERM"] {
+        let before = snapshot_state(&env.path("snap"));
+        env.sim.reset_stats();
         let mut child = std::process::Command::new(env!("CARGO_BIN_EXE_jdop"))
             .args([
                 "export",
@@ -256,16 +262,16 @@ fn killed_export_leaves_earlier_snapshot_and_next_run_cleans_up() {
                 "snap",
                 "-q",
                 "-j",
-                "1",
+                "2",
             ])
             .current_dir(env.dir.path())
             .env("JDOP_APPSECRET", SECRET)
             .spawn()
             .unwrap();
-        // Wait until it is fetching pages, then kill it.
+        // Wait until it has fetched some pages, then kill it.
         let deadline = std::time::Instant::now() + Duration::from_secs(20);
-        while env.sim.stats().data_calls < 3 && std::time::Instant::now() < deadline {
-            std::thread::sleep(Duration::from_millis(10));
+        while env.sim.stats().data_calls < 6 && std::time::Instant::now() < deadline {
+            std::thread::sleep(Duration::from_millis(5));
         }
         std::process::Command::new("kill")
             .args([signal, &child.id().to_string()])
@@ -275,19 +281,76 @@ fn killed_export_leaves_earlier_snapshot_and_next_run_cleans_up() {
         assert!(!status.success());
         if signal == "-TERM" {
             assert_eq!(status.code(), Some(130));
-            assert_eq!(
-                names_in(env.dir.path()),
-                ["snap"],
-                "SIGTERM cleans the staging folder"
-            );
         }
         assert_eq!(snapshot_state(&env.path("snap")), before, "after {signal}");
+        assert_eq!(
+            names_in(env.dir.path()),
+            [".snap.jdop-staging", "snap"],
+            "the spool is kept for a resume"
+        );
+        let first = env.sim.stats();
+
+        // The same command again fetches only the pages the spool lacks.
         env.sim.reset_stats();
+        env.export("cata_3820", "snap", &["-q", "-j", "8"]).ok();
+        let m = manifest(&env.path("snap"));
+        let second = env.sim.stats();
+        assert!(m.pages_reused > 0, "after {signal}: nothing reused");
+        assert_eq!(second.data_calls, 20 - m.pages_reused, "after {signal}");
+        assert!(
+            first.data_calls + second.data_calls <= 20 + 2,
+            "pages fetched twice: {} + {}",
+            first.data_calls,
+            second.data_calls
+        );
+        assert_eq!((second.total_calls, second.update_date_calls), (2, 2));
+        assert_parquet_matches(&env.path("snap"), &spec);
+        assert_eq!(
+            names_in(env.dir.path()),
+            ["snap"],
+            "staging removed after publishing"
+        );
     }
-    env.export("cata_3820", "snap", &["-q", "-j", "8"]).ok();
-    assert_eq!(
-        names_in(env.dir.path()),
-        ["snap"],
-        "stale staging of the killed run removed"
-    );
+}
+
+#[test]
+fn a_resume_never_mixes_versions() {
+    let spec = DatasetSpec::credit("cata_3820", 2000);
+    let env = Env::with(SimConfig {
+        datasets: vec![spec.clone()],
+        latency: Duration::from_millis(40),
+        ..SimConfig::default()
+    });
+    let mut child = std::process::Command::new(env!("CARGO_BIN_EXE_jdop"))
+        .args([
+            "export",
+            "cata_3820",
+            "--base-url",
+            &env.sim.base_url(),
+            "--out",
+            "snap",
+            "-q",
+            "-j",
+            "1",
+        ])
+        .current_dir(env.dir.path())
+        .env("JDOP_APPSECRET", SECRET)
+        .spawn()
+        .unwrap();
+    let deadline = std::time::Instant::now() + Duration::from_secs(20);
+    while env.sim.stats().data_calls < 4 && std::time::Instant::now() < deadline {
+        std::thread::sleep(Duration::from_millis(5));
+    }
+    child.kill().unwrap();
+    child.wait().unwrap();
+    // The dataset moves on before the rerun: the old spool must not be used.
+    let mut newer = spec.clone();
+    newer.front = 7;
+    newer.rows += 7;
+    newer.updated += chrono::Duration::days(1);
+    env.sim.set_dataset(newer.clone());
+    env.export("cata_3820", "snap", &["-q"]).ok();
+    let m = manifest(&env.path("snap"));
+    assert_eq!(m.pages_reused, 0);
+    assert_parquet_matches(&env.path("snap"), &newer);
 }

@@ -4,6 +4,7 @@
 mod demo;
 mod export;
 mod failure;
+mod faults;
 mod readers;
 mod schema;
 mod sync;

@@ -258,7 +258,7 @@ fn two_syncs_on_one_root_do_not_collide() {
         std::thread::sleep(Duration::from_millis(10));
     }
     let second = sync(&env, &[]);
-    second.fails_with(10).stderr_has("another `jdop sync`");
+    second.fails_with(10).stderr_has("another jdop run");
     assert!(first.wait().unwrap().success());
     assert_eq!(snapshots(&env, "cata_1").len(), 1);
 }
