@@ -49,12 +49,13 @@ impl Converter {
     pub fn decode(&self, pages: &[&str]) -> Result<RecordBatch, (usize, PageError)> {
         let rows_hint: usize = pages.len() * 200;
         let mut decoder = ReaderBuilder::new(self.schema.clone())
-            .with_batch_size(rows_hint + 1)
+            .with_batch_size(rows_hint.max(1))
             .with_coerce_primitive(true)
             .with_strict_mode(true)
             .with_flatten(true)
             .build_decoder()
             .map_err(|e| (0, convert_err(e)))?;
+        let mut batches = Vec::new();
         for (i, page) in pages.iter().enumerate() {
             let owned;
             let text: &str = if self.rewrite {
@@ -63,12 +64,31 @@ impl Converter {
             } else {
                 page
             };
-            feed(&mut decoder, text.as_bytes()).map_err(|e| (i, convert_err(e)))?;
+            let mut bytes = text.as_bytes();
+            while !bytes.is_empty() {
+                let n = decoder.decode(bytes).map_err(|e| (i, convert_err(e)))?;
+                if n == 0 {
+                    // The batch is full (a page larger than expected): flush, go on.
+                    if let Some(b) = decoder.flush().map_err(|e| (i, convert_err(e)))? {
+                        batches.push(b);
+                    }
+                    continue;
+                }
+                bytes = &bytes[n..];
+            }
         }
-        let batch = decoder
+        if let Some(b) = decoder
             .flush()
-            .map_err(|e| (pages.len().saturating_sub(1), convert_err(e)))?;
-        Ok(batch.unwrap_or_else(|| RecordBatch::new_empty(self.schema.clone())))
+            .map_err(|e| (pages.len().saturating_sub(1), convert_err(e)))?
+        {
+            batches.push(b);
+        }
+        match batches.len() {
+            0 => Ok(RecordBatch::new_empty(self.schema.clone())),
+            1 => Ok(batches.pop().expect("one batch")),
+            _ => arrow_select::concat::concat_batches(&self.schema, &batches)
+                .map_err(|e| (pages.len().saturating_sub(1), convert_err(e))),
+        }
     }
 
     /// Rewrites a page so nested values in JSON text columns become strings.
@@ -95,25 +115,6 @@ impl Converter {
         out.push(']');
         Ok(out)
     }
-}
-
-fn feed(
-    decoder: &mut arrow_json::reader::Decoder,
-    mut bytes: &[u8],
-) -> Result<(), arrow_schema::ArrowError> {
-    while !bytes.is_empty() {
-        let n = decoder.decode(bytes)?;
-        if n == 0 {
-            // The batch is full: the caller sized it for the whole group, so this
-            // only happens with pages larger than 200 rows. Keep going after a flush
-            // would lose rows, so report it instead.
-            return Err(arrow_schema::ArrowError::JsonError(
-                "page holds more rows than expected".into(),
-            ));
-        }
-        bytes = &bytes[n..];
-    }
-    Ok(())
 }
 
 fn convert_err(e: arrow_schema::ArrowError) -> PageError {
@@ -227,5 +228,22 @@ mod tests {
         let k = o.column(0).as_string::<i32>();
         assert_eq!(k.value(0), r#"{"x":1}"#);
         assert_eq!(k.value(1), "[2]");
+    }
+}
+
+#[cfg(test)]
+mod duplicate_keys {
+    use super::*;
+    use crate::schema::Inferrer;
+    use arrow_array::cast::AsArray;
+
+    #[test]
+    fn a_repeated_key_keeps_the_last_value() {
+        let page = r#"[{"a":"first","a":"last","b":"x"}]"#;
+        let mut inf = Inferrer::default();
+        inf.merge(Inferrer::observe_page(&split_records(page).unwrap()));
+        let conv = Converter::new(&inf.finish());
+        let b = conv.decode(&[page]).unwrap();
+        assert_eq!(b.column(0).as_string::<i32>().value(0), "last");
     }
 }

@@ -25,12 +25,18 @@ pub struct Envelope<'a> {
 
 #[derive(Deserialize)]
 struct RawEnvelope<'a> {
-    #[serde(borrow, default)]
+    #[serde(borrow, default, deserialize_with = "present")]
     status: Option<&'a RawValue>,
-    #[serde(borrow, default)]
+    #[serde(borrow, default, deserialize_with = "present")]
     msg: Option<&'a RawValue>,
-    #[serde(borrow, default)]
+    #[serde(borrow, default, deserialize_with = "present")]
     data: Option<&'a RawValue>,
+}
+
+/// `Some` for any value that is present, `null` included (a missing field is
+/// `None` through `default`): `"data": null` and no `data` are different answers.
+fn present<'de, D: Deserializer<'de>>(d: D) -> Result<Option<&'de RawValue>, D::Error> {
+    <&'de RawValue>::deserialize(d).map(Some)
 }
 
 /// Parses the envelope of any endpoint. `status` may be `1` or `"1"`; anything else
@@ -43,6 +49,13 @@ pub fn parse_envelope(body: &[u8]) -> Result<Envelope<'_>, CallError> {
     };
     if body.iter().all(|b| b.is_ascii_whitespace()) {
         return Err(not_envelope("empty body".into()));
+    }
+    if nesting_exceeds(body, MAX_NESTING) {
+        // serde_json would recurse once per level while skipping the value:
+        // refuse before parsing rather than overflow the stack.
+        return Err(CallError::BadData(format!(
+            "JSON nested deeper than {MAX_NESTING} levels"
+        )));
     }
     let raw: RawEnvelope<'_> = serde_json::from_slice(body).map_err(|e| {
         let reason = if e.is_eof() {
@@ -77,6 +90,40 @@ pub fn parse_envelope(body: &[u8]) -> Result<Envelope<'_>, CallError> {
         msg,
         data: raw.data,
     })
+}
+
+/// The deepest nesting of arrays and objects accepted in a response.
+pub const MAX_NESTING: usize = 128;
+
+/// Whether arrays/objects nest deeper than `limit` (brackets inside strings ignored).
+fn nesting_exceeds(body: &[u8], limit: usize) -> bool {
+    let mut depth = 0usize;
+    let mut in_string = false;
+    let mut escaped = false;
+    for &b in body {
+        if in_string {
+            if escaped {
+                escaped = false;
+            } else if b == b'\\' {
+                escaped = true;
+            } else if b == b'"' {
+                in_string = false;
+            }
+            continue;
+        }
+        match b {
+            b'"' => in_string = true,
+            b'[' | b'{' => {
+                depth += 1;
+                if depth > limit {
+                    return true;
+                }
+            }
+            b']' | b'}' => depth = depth.saturating_sub(1),
+            _ => {}
+        }
+    }
+    false
 }
 
 /// Returns the JSON text of the page's record array. `data: null` is an empty page;

@@ -102,6 +102,8 @@ impl CsvSink {
                 let Some(&i) = self.index.get(k.as_ref()) else {
                     continue;
                 };
+                // A key repeated in one record: the last value wins (as in serde_json).
+                self.cells[i].clear();
                 cell_text(v.get(), &mut self.cells[i]).map_err(WriteOrPage::Page)?;
             }
             if self.current.is_none() {

@@ -5,6 +5,7 @@ mod demo;
 mod export;
 mod failure;
 mod faults;
+mod hostile;
 mod readers;
 mod schema;
 mod sync;
