@@ -43,6 +43,7 @@ async fn main() -> Result<(), Box<dyn std::error::Error>> {
         previous_columns: None,
         schema_policy: Default::default(),
         consistency_retries: 2,
+        key: None,
     };
     let summary = jdop::export(&cfg, Arc::new(jdop::progress::Silent)).await?;
     let m = &summary.manifest;

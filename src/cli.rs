@@ -166,6 +166,11 @@ pub struct OutputArgs {
     #[arg(long, default_value_t = 1, value_parser = clap::value_parser!(i32).range(1..=22))]
     pub zstd_level: i32,
 
+    /// Report repeated values of this column (a primary key) in the manifest;
+    /// rows are never dropped
+    #[arg(long, value_name = "COLUMN")]
+    pub key: Option<String>,
+
     /// Start over this many times when the dataset changes during the export
     #[arg(long, default_value_t = 2, value_name = "N")]
     pub consistency_retries: u32,
@@ -377,9 +382,17 @@ impl Conn {
     /// The appsecret from --appsecret-file, --appsecret or JDOP_APPSECRET.
     pub fn secret(&self) -> Result<Secret> {
         if let Some(path) = &self.appsecret_file {
-            let text = std::fs::read_to_string(path)
-                .map_err(|e| Error::io("read the appsecret file", path, e))?;
-            let first = text.lines().next().unwrap_or("");
+            let text = std::fs::read_to_string(path).map_err(|e| {
+                Error::usage(format!(
+                    "cannot read the appsecret file `{}`: {e}",
+                    path.display()
+                ))
+            })?;
+            let first = text
+                .trim_start_matches('\u{feff}')
+                .lines()
+                .next()
+                .unwrap_or("");
             return Secret::new(first).map_err(|_| {
                 Error::usage(format!("the appsecret file `{}` is empty", path.display()))
             });
@@ -473,6 +486,7 @@ impl OutputArgs {
             previous_columns: None,
             schema_policy: Default::default(),
             consistency_retries: self.consistency_retries,
+            key: self.key.clone(),
         }
     }
 }

@@ -78,7 +78,7 @@ pub enum CallError {
     Connect(String),
     #[error("transport error: {0}")]
     Transport(String),
-    #[error("HTTP status {status}{}", snippet_suffix(.snippet))]
+    #[error("HTTP status {status}{}{}", if *.status == 404 { " (is the base URL right? it usually ends with `/jdop_front`)" } else { "" }, snippet_suffix(.snippet))]
     HttpStatus { status: u16, snippet: String },
     #[error("throttled by the platform ({detail})")]
     Throttled {
@@ -140,7 +140,7 @@ pub enum Error {
         msg: String,
     },
 
-    #[error("failed to {} of `{dataset}` from `{url}` after {retries} retries in {:.1}s", op_text(*.op, *.page), .elapsed.as_secs_f64())]
+    #[error("failed to {} of `{dataset}` from `{url}` after {retries} {} in {:.1}s", op_text(*.op, *.page), if *.retries == 1 { "retry" } else { "retries" }, .elapsed.as_secs_f64())]
     Call {
         dataset: String,
         op: Op,

@@ -44,6 +44,8 @@ pub struct ExportConfig {
     pub schema_policy: crate::schema::SchemaPolicy,
     /// Passes started over when the dataset changed during a pass.
     pub consistency_retries: u32,
+    /// Report repeated values of this column in the manifest (rows are kept).
+    pub key: Option<String>,
 }
 
 /// The result of a successful export.
@@ -167,6 +169,24 @@ pub async fn export(cfg: &ExportConfig, reporter: Arc<dyn Reporter>) -> Result<S
 
     let schema = fetched.inferrer.finish();
     let rows = schema.rows;
+    let keys = match &cfg.key {
+        Some(column) => {
+            if !schema.columns.iter().any(|c| &c.name == column) && rows > 0 {
+                rep.warn(&format!("`{dataset}` has no column `{column}` (--key)"));
+            }
+            let (spool, ds, column) = (spool.clone(), dataset.clone(), column.clone());
+            let report =
+                fetch::on_rayon(move || crate::keys::report(&spool, &ds, pages, &column)).await??;
+            if report.duplicate_rows > 0 {
+                rep.warn(&format!(
+                    "`{dataset}`: {} rows repeat {} values of `{}` (kept; see the manifest)",
+                    report.duplicate_rows, report.duplicated_keys, report.column
+                ));
+            }
+            Some(report)
+        }
+        None => None,
+    };
     let columns = schema.describe();
     let schema_changes = cfg
         .previous_columns
@@ -185,9 +205,13 @@ pub async fn export(cfg: &ExportConfig, reporter: Arc<dyn Reporter>) -> Result<S
     parquet
         .metadata
         .push(("jdop.dataset".into(), dataset.clone()));
-    parquet
-        .metadata
-        .push(("jdop.update_date".into(), date_before.raw.to_string()));
+    parquet.metadata.push((
+        "jdop.update_date".into(),
+        match &date_before.raw {
+            serde_json::Value::String(s) => s.clone(),
+            other => other.to_string(),
+        },
+    ));
     let job = WriteJob {
         dataset: dataset.clone(),
         format: cfg.format,
@@ -237,6 +261,7 @@ pub async fn export(cfg: &ExportConfig, reporter: Arc<dyn Reporter>) -> Result<S
         files,
         columns,
         schema_changes,
+        keys,
     };
     manifest.write(&staging.snapshot())?;
     let out = staging.publish()?;

@@ -377,16 +377,14 @@ pub async fn fetch_pages(
             let spool = spool.clone();
             async move {
                 if spool.has_page(p) {
+                    let ds = dataset.clone();
                     let out = on_rayon(move || {
-                        let text = spool.read_page(p).map_err(PageError::Spool)?;
-                        process_array(&spool, p, &text, false)
+                        let text = spool
+                            .read_page(p)
+                            .map_err(|e| page_error(&ds, p, PageError::Spool(e)))?;
+                        process_array(&spool, &ds, p, &text, false)
                     })
-                    .await?
-                    .map_err(|source| Error::Page {
-                        dataset: dataset.clone(),
-                        page: p,
-                        source: Box::new(source),
-                    })?;
+                    .await??;
                     reporter.on_page(p, out.0 as u64);
                     return Ok::<_, Error>((p, out, true));
                 }
@@ -400,13 +398,8 @@ pub async fn fetch_pages(
                     reporter,
                 )
                 .await?;
-                let out = on_rayon(move || process_page(&spool, p, &body))
-                    .await?
-                    .map_err(|source| Error::Page {
-                        dataset: dataset.clone(),
-                        page: p,
-                        source: Box::new(source),
-                    })?;
+                let ds = dataset.clone();
+                let out = on_rayon(move || process_page(&spool, &ds, p, &body)).await??;
                 reporter.on_page(p, out.0 as u64);
                 Ok::<_, Error>((p, out, false))
             }
@@ -438,26 +431,44 @@ pub async fn fetch_pages(
     })
 }
 
+fn page_error(dataset: &str, page: u64, source: PageError) -> Error {
+    Error::Page {
+        dataset: dataset.to_string(),
+        page,
+        source: Box::new(source),
+    }
+}
+
 /// Splits a page, infers its schema and spools its record array.
-fn process_page(spool: &Spool, page: u64, body: &[u8]) -> Result<(u32, Inferrer, u64), PageError> {
-    let array =
-        parse_page(body).map_err(|e| PageError::Spool(std::io::Error::other(e.to_string())))?;
-    process_array(spool, page, &array, true)
+fn process_page(
+    spool: &Spool,
+    dataset: &str,
+    page: u64,
+    body: &[u8],
+) -> Result<(u32, Inferrer, u64)> {
+    let array = parse_page(body).map_err(|e| {
+        page_error(
+            dataset,
+            page,
+            PageError::Spool(std::io::Error::other(e.to_string())),
+        )
+    })?;
+    process_array(spool, dataset, page, &array, true)
 }
 
 /// Infers a page's schema, hashes its records and (for fetched pages) spools them.
+/// A spool write error keeps its OS cause (disk full) and is an output error.
 fn process_array(
     spool: &Spool,
+    dataset: &str,
     page: u64,
     array: &str,
     write: bool,
-) -> Result<(u32, Inferrer, u64), PageError> {
-    let records = split_records(array)?;
+) -> Result<(u32, Inferrer, u64)> {
+    let records = split_records(array).map_err(|e| page_error(dataset, page, e))?;
     let inf = Inferrer::observe_page(&records);
     if write {
-        spool
-            .write_page(page, array)
-            .map_err(|e| PageError::Spool(std::io::Error::other(e.to_string())))?;
+        spool.write_page(page, array)?;
     }
     let mut h = std::collections::hash_map::DefaultHasher::new();
     std::hash::Hash::hash(array.as_bytes(), &mut h);
@@ -467,6 +478,37 @@ fn process_array(
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    #[tokio::test]
+    async fn aimd_halves_on_throttling_and_grows_back() {
+        let a = Adaptive::new(8);
+        assert_eq!(a.limit(), 8);
+        {
+            // Throttled while all 8 permits are held: the cut is owed and paid
+            // as the permits come back.
+            let mut held = Vec::new();
+            for _ in 0..8 {
+                held.push(a.acquire().await);
+            }
+            a.on_throttle();
+            a.on_throttle(); // a burst within a second counts once
+            assert_eq!(a.limit(), 4);
+            assert_eq!(a.decreases(), 1);
+        }
+        assert_eq!(a.sem.available_permits(), 4);
+        for _ in 0..40 {
+            a.on_success();
+        }
+        assert_eq!(a.limit(), 8, "additive increase back to the maximum");
+        assert_eq!(a.sem.available_permits(), 8);
+    }
+
+    #[test]
+    fn rate_limit_refuses_nonsense() {
+        assert!(RateLimit::new(0.0).is_none());
+        assert!(RateLimit::new(f64::NAN).is_none());
+        assert!(RateLimit::new(0.5).is_some());
+    }
 
     #[test]
     fn page_count_rounds_up() {

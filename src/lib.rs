@@ -6,10 +6,21 @@
 //! -> [`manifest`] (publish). [`export::export`] runs the whole path;
 //! [`sim`] is the built-in simulator of the platform.
 
+/// Writes a line to stderr, ignoring a closed stderr: `jdop ... 2>&1 | head`
+/// must not end an export half-way.
+#[macro_export]
+macro_rules! say {
+    ($($arg:tt)*) => {{
+        use std::io::Write as _;
+        let _ = writeln!(std::io::stderr(), $($arg)*);
+    }};
+}
+
 pub mod convert;
 pub mod error;
 pub mod export;
 pub mod fetch;
+pub mod keys;
 pub mod manifest;
 pub mod platform;
 pub mod progress;

@@ -25,7 +25,7 @@ fn main() -> ExitCode {
     {
         Ok(rt) => rt,
         Err(e) => {
-            eprintln!("error: cannot start the async runtime: {e}");
+            jdop::say!("error: cannot start the async runtime: {e}");
             return ExitCode::from(jdop::ExitCode::Failure as u8);
         }
     };
@@ -35,7 +35,7 @@ fn main() -> ExitCode {
         // published. (Dropping the export instead would delete the spool.)
         tokio::spawn(async {
             interrupted().await;
-            eprintln!(
+            jdop::say!(
                 "error: {}; run the same command again to resume",
                 Error::Interrupted
             );
@@ -87,7 +87,7 @@ fn report(e: &Error) {
         text.push_str(&format!("\n  caused by: {s}"));
         cur = s.source();
     }
-    eprintln!("{text}");
+    jdop::say!("{text}");
 }
 
 async fn run(cli: Cli) -> Result<()> {
@@ -132,7 +132,7 @@ fn print_summary(s: &Summary, quiet: bool, json: bool) -> Result<()> {
     let m = &s.manifest;
     if !quiet {
         let bytes: u64 = m.files.iter().map(|f| f.bytes).sum();
-        eprintln!(
+        jdop::say!(
             "exported {} rows of `{}` to {} ({} file{}, {}) in {:.1}s; update date {}",
             m.rows,
             m.dataset,
@@ -204,7 +204,7 @@ async fn updated(args: QueryArgs) -> Result<()> {
         match &d.iso {
             Some(iso) => out(iso),
             None => {
-                eprintln!(
+                jdop::say!(
                     "warning: the update date's format is not recognised; printing it as sent"
                 );
                 out(&d.raw.to_string())
@@ -220,19 +220,22 @@ async fn sim(args: SimArgs) -> Result<()> {
         .iter()
         .map(|d| format!("{} ({} rows)", d.id, d.rows))
         .collect();
+    let first_id = cfg.datasets.first().map(|d| d.id.clone());
     let sim = Simulator::start_on(cfg, std::net::SocketAddr::new(args.host, args.port)).await?;
-    eprintln!("jdop simulator listening on {}", sim.base_url());
-    eprintln!("datasets: {}", ids.join(", "));
-    eprintln!(
+    jdop::say!("jdop simulator listening on {}", sim.base_url());
+    jdop::say!("datasets: {}", ids.join(", "));
+    jdop::say!(
         "appsecret: {}  (a simulator secret, not a real one)",
         sim.secret()
     );
-    eprintln!("call counters: http://{}/__sim/stats", sim.addr());
-    eprintln!(
-        "try: JDOP_APPSECRET={} jdop export cata_3820 --base-url {} --out cata_3820",
-        sim.secret(),
-        sim.base_url()
-    );
+    jdop::say!("call counters: http://{}/__sim/stats", sim.addr());
+    if let Some(first) = first_id {
+        jdop::say!(
+            "try: JDOP_APPSECRET='{}' jdop export {first} --base-url {} --out {first}",
+            sim.secret().replace('\'', "'\\''"),
+            sim.base_url()
+        );
+    }
     std::future::pending::<()>().await;
     Ok(())
 }
@@ -247,7 +250,7 @@ async fn demo(args: DemoArgs) -> Result<()> {
     };
     let sim = Simulator::start(cfg, 0).await?;
     if !args.output.quiet {
-        eprintln!(
+        jdop::say!(
             "demo: built-in simulator on {} serving cata_3820 ({} records, {} ms latency)",
             sim.base_url(),
             args.rows,
@@ -275,18 +278,18 @@ async fn demo(args: DemoArgs) -> Result<()> {
             .ok()
             .and_then(|v| v.as_str().map(String::from))
             .unwrap_or_default();
-        eprintln!("files:");
+        jdop::say!("files:");
         for f in &summary.manifest.files {
-            eprintln!("  {dir}/{}  ({} rows)", f.path, f.rows);
+            jdop::say!("  {dir}/{}  ({} rows)", f.path, f.rows);
         }
-        eprintln!("  {dir}/manifest.json");
+        jdop::say!("  {dir}/manifest.json");
         let reader = if ext == "csv" {
             "read_csv"
         } else {
             "read_parquet"
         };
-        eprintln!("look at them with DuckDB:");
-        eprintln!(
+        jdop::say!("look at them with DuckDB:");
+        jdop::say!(
             "  duckdb -c \"SELECT 地市, count(*) AS n, sum(CAST(PENAM AS DOUBLE)) AS 罚款 FROM {reader}('{dir}/*.{ext}') GROUP BY 1 ORDER BY 2 DESC\""
         );
     }
@@ -299,7 +302,7 @@ async fn sync(args: SyncArgs) -> Result<()> {
         Ok(c) => c,
         Err(errors) => {
             for e in &errors {
-                eprintln!("error: `{}` {e}", args.config.display());
+                jdop::say!("error: `{}` {e}", args.config.display());
             }
             return Err(Error::usage(format!(
                 "`{}` has {} error{}",
@@ -311,9 +314,9 @@ async fn sync(args: SyncArgs) -> Result<()> {
     };
     if args.check {
         if let Err(e) = sync::secret(&cfg) {
-            eprintln!("warning: {e}");
+            jdop::say!("warning: {e}");
         }
-        eprintln!(
+        jdop::say!(
             "`{}` is valid: {} dataset{}, root `{}`",
             args.config.display(),
             cfg.jobs.len(),
@@ -339,12 +342,12 @@ async fn sync(args: SyncArgs) -> Result<()> {
             return;
         }
         match o.status {
-            Status::Failed => eprintln!(
+            Status::Failed => jdop::say!(
                 "{}: failed: {}",
                 o.dataset,
                 o.error.as_deref().unwrap_or("")
             ),
-            s => eprintln!(
+            s => jdop::say!(
                 "{}: {} ({} rows)",
                 o.dataset,
                 if s == Status::Exported {
@@ -358,13 +361,17 @@ async fn sync(args: SyncArgs) -> Result<()> {
     };
     let report = sync::run(&cfg, secret, &opts, &on_done).await?;
     if let Some(pid) = &report.took_over_lock_of_pid {
-        eprintln!("note: took over a lock left by process {pid}, which is gone");
+        jdop::say!("note: took over a lock left by process {pid}, which is gone");
     }
     if !quiet {
-        eprintln!();
-        eprintln!(
+        jdop::say!();
+        jdop::say!(
             "{:<16} {:<10} {:>10} {:<24} {:>9}",
-            "dataset", "status", "rows", "update date", "seconds"
+            "dataset",
+            "status",
+            "rows",
+            "update date",
+            "seconds"
         );
         for o in &report.datasets {
             let status = match o.status {
@@ -372,7 +379,7 @@ async fn sync(args: SyncArgs) -> Result<()> {
                 Status::Unchanged => "unchanged",
                 Status::Failed => "FAILED",
             };
-            eprintln!(
+            jdop::say!(
                 "{:<16} {:<10} {:>10} {:<24} {:>9.1}",
                 o.dataset,
                 status,
@@ -381,7 +388,7 @@ async fn sync(args: SyncArgs) -> Result<()> {
                 o.duration_secs
             );
         }
-        eprintln!(
+        jdop::say!(
             "{} exported, {} unchanged, {} failed in {:.1}s; mirror at `{}`",
             report.exported,
             report.unchanged,

@@ -55,6 +55,9 @@ pub struct Manifest {
     /// Against the previous snapshot, when there is one (`jdop sync`).
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub schema_changes: Option<SchemaChanges>,
+    /// Repeated values of the `--key` column.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub keys: Option<crate::keys::KeyReport>,
 }
 
 fn one() -> u32 {
@@ -117,12 +120,15 @@ impl Staging {
                 out.display()
             )));
         }
-        if out.is_dir() && !is_replaceable(out) {
-            return Err(Error::usage(format!(
-                "refusing to replace `{}`: it is not empty and holds no {MANIFEST_FILE} (not a jdop snapshot)",
-                out.display()
-            )));
+        if out.is_dir() {
+            if let Err(why) = replaceable(out) {
+                return Err(Error::usage(format!(
+                    "refusing to replace `{}`: {why}",
+                    out.display()
+                )));
+            }
         }
+        restore_moved_aside(out, &parent, &name)?;
         remove_stale(&parent, &name);
         let root = parent.join(format!(".{name}.jdop-staging"));
         fs::create_dir_all(&root).map_err(|e| Error::io("create the staging folder", &root, e))?;
@@ -209,14 +215,24 @@ impl Staging {
         self.root.join("spool")
     }
 
-    /// Moves the finished snapshot onto `--out`: the earlier snapshot is renamed
-    /// aside, the new one renamed into place, the old one removed. If the second
-    /// rename fails the earlier snapshot is put back.
+    /// Moves the finished snapshot onto `--out`. On Linux the two folders are
+    /// swapped in one atomic `renameat2(RENAME_EXCHANGE)`, so `--out` always holds
+    /// a complete snapshot. Elsewhere (or if the file system refuses) the earlier
+    /// snapshot is renamed aside, the new one into place, the old one removed; a
+    /// run killed between those renames is repaired by the next one (see
+    /// [`Staging::create`]).
     pub fn publish(mut self) -> Result<PathBuf> {
         let snap = self.snapshot();
         let (parent, name) = split_out(&self.out)?;
         let old = parent.join(format!(".{name}.jdop-old-{}", std::process::id()));
         let had_old = self.out.exists();
+        if had_old && exchange(&snap, &self.out).is_ok() {
+            // `snap` now holds the earlier snapshot.
+            sync_dir(&parent);
+            let _ = fs::remove_dir_all(&self.root);
+            self.keep = true;
+            return Ok(self.out.clone());
+        }
         if had_old {
             fs::rename(&self.out, &old)
                 .map_err(|e| Error::io("move the earlier snapshot aside", &old, e))?;
@@ -264,14 +280,42 @@ fn split_out(out: &Path) -> Result<(PathBuf, String)> {
     Ok((parent, name))
 }
 
-/// An existing `--out` may be replaced when it is empty or an earlier snapshot.
-fn is_replaceable(out: &Path) -> bool {
-    if out.join(MANIFEST_FILE).is_file() {
-        return true;
+/// An existing `--out` may be replaced when it is empty, or a jdop snapshot that
+/// holds nothing but its manifest and the files it lists; never the current folder
+/// or one of its parents.
+fn replaceable(out: &Path) -> std::result::Result<(), String> {
+    if let (Ok(o), Ok(cwd)) = (out.canonicalize(), std::env::current_dir()) {
+        if cwd
+            .canonicalize()
+            .map(|c| c.starts_with(&o))
+            .unwrap_or(false)
+        {
+            return Err("it is the current folder or one of its parents".into());
+        }
     }
-    fs::read_dir(out)
-        .map(|mut d| d.next().is_none())
-        .unwrap_or(false)
+    let entries: Vec<String> = fs::read_dir(out)
+        .map_err(|e| e.to_string())?
+        .flatten()
+        .map(|e| e.file_name().to_string_lossy().into_owned())
+        .collect();
+    if entries.is_empty() {
+        return Ok(());
+    }
+    let manifest = Manifest::read(out).map_err(|_| {
+        format!("it is not empty and holds no jdop {MANIFEST_FILE} (not a jdop snapshot)")
+    })?;
+    let listed: std::collections::HashSet<&str> = manifest
+        .files
+        .iter()
+        .map(|f| f.path.split('/').next().unwrap_or(""))
+        .chain([MANIFEST_FILE])
+        .collect();
+    match entries.iter().find(|e| !listed.contains(e.as_str())) {
+        Some(extra) => Err(format!(
+            "it holds `{extra}`, which is not part of its snapshot (move it away first)"
+        )),
+        None => Ok(()),
+    }
 }
 
 /// Removes folders of earlier runs whose process is gone: snapshots moved aside
@@ -302,6 +346,57 @@ fn remove_stale(parent: &Path, name: &str) {
     drop(entries);
 }
 
+/// Swaps two paths atomically (Linux `renameat2` with `RENAME_EXCHANGE`).
+#[cfg(target_os = "linux")]
+fn exchange(a: &Path, b: &Path) -> std::io::Result<()> {
+    use std::ffi::CString;
+    use std::os::unix::ffi::OsStrExt;
+    let ca = CString::new(a.as_os_str().as_bytes())?;
+    let cb = CString::new(b.as_os_str().as_bytes())?;
+    // SAFETY: both pointers are valid NUL-terminated strings for the call.
+    let r = unsafe {
+        libc::renameat2(
+            libc::AT_FDCWD,
+            ca.as_ptr(),
+            libc::AT_FDCWD,
+            cb.as_ptr(),
+            libc::RENAME_EXCHANGE,
+        )
+    };
+    if r == 0 {
+        Ok(())
+    } else {
+        Err(std::io::Error::last_os_error())
+    }
+}
+
+#[cfg(not(target_os = "linux"))]
+fn exchange(_: &Path, _: &Path) -> std::io::Result<()> {
+    Err(std::io::Error::from(std::io::ErrorKind::Unsupported))
+}
+
+/// A run killed between the two renames of a non-atomic publish leaves no
+/// `--out` and the earlier snapshot moved aside: put it back.
+fn restore_moved_aside(out: &Path, parent: &Path, name: &str) -> Result<()> {
+    if out.exists() {
+        return Ok(());
+    }
+    let prefix = format!(".{name}.jdop-old-");
+    let mut aside: Vec<PathBuf> = fs::read_dir(parent)
+        .into_iter()
+        .flatten()
+        .flatten()
+        .filter(|e| e.file_name().to_string_lossy().starts_with(&prefix))
+        .map(|e| e.path())
+        .filter(|p| p.join(MANIFEST_FILE).is_file())
+        .collect();
+    aside.sort();
+    if let Some(p) = aside.pop() {
+        fs::rename(&p, out).map_err(|e| Error::io("restore the earlier snapshot to", out, e))?;
+    }
+    Ok(())
+}
+
 fn sync_dir(dir: &Path) {
     if let Ok(f) = fs::File::open(dir) {
         let _ = f.sync_all();
@@ -312,12 +407,45 @@ fn sync_dir(dir: &Path) {
 mod tests {
     use super::*;
 
+    fn sample() -> Manifest {
+        let d = UpdateDate::from_value(serde_json::json!("2024-01-01"));
+        Manifest {
+            manifest_version: MANIFEST_VERSION,
+            jdop_version: "0".into(),
+            dataset: "cata_1".into(),
+            base_url: "http://h/jdop_front".into(),
+            format: Format::Parquet,
+            update_date: d.clone(),
+            update_date_after: d,
+            total_before: 0,
+            total_after: 0,
+            rows: 0,
+            consistent: true,
+            warnings: vec![],
+            page_size: 200,
+            pages: 0,
+            requests: 4,
+            retries: 0,
+            throttled: 0,
+            passes: 1,
+            pages_reused: 0,
+            started_at: String::new(),
+            finished_at: String::new(),
+            duration_secs: 0.0,
+            files: vec![],
+            columns: vec![],
+            schema_changes: None,
+            keys: None,
+        }
+    }
+
     #[test]
     fn failed_staging_leaves_nothing_and_keeps_earlier_snapshot() {
         let dir = tempfile::tempdir().unwrap();
         let out = dir.path().join("snap");
         fs::create_dir(&out).unwrap();
-        fs::write(out.join(MANIFEST_FILE), "{}").unwrap();
+        sample().write(&out).unwrap();
+        let before = fs::read_to_string(out.join(MANIFEST_FILE)).unwrap();
         {
             let st = Staging::create(&out).unwrap();
             fs::write(st.snapshot().join("part-00000.parquet"), "x").unwrap();
@@ -327,7 +455,7 @@ mod tests {
             .map(|e| e.unwrap().file_name().into_string().unwrap())
             .collect();
         assert_eq!(names, ["snap"]);
-        assert_eq!(fs::read_to_string(out.join(MANIFEST_FILE)).unwrap(), "{}");
+        assert_eq!(fs::read_to_string(out.join(MANIFEST_FILE)).unwrap(), before);
     }
 
     #[test]
@@ -335,12 +463,43 @@ mod tests {
         let dir = tempfile::tempdir().unwrap();
         let out = dir.path().join("snap");
         fs::create_dir(&out).unwrap();
-        fs::write(out.join(MANIFEST_FILE), "old").unwrap();
+        sample().write(&out).unwrap();
         let st = Staging::create(&out).unwrap();
         fs::write(st.snapshot().join(MANIFEST_FILE), "new").unwrap();
         st.publish().unwrap();
         assert_eq!(fs::read_to_string(out.join(MANIFEST_FILE)).unwrap(), "new");
         assert_eq!(fs::read_dir(dir.path()).unwrap().count(), 1);
+    }
+
+    #[test]
+    fn a_folder_with_a_foreign_manifest_or_extra_files_is_not_replaced() {
+        let dir = tempfile::tempdir().unwrap();
+        let out = dir.path().join("webapp");
+        fs::create_dir(&out).unwrap();
+        fs::write(out.join(MANIFEST_FILE), r#"{"name":"pwa"}"#).unwrap();
+        assert!(Staging::create(&out).is_err());
+        let snap = dir.path().join("snap");
+        fs::create_dir(&snap).unwrap();
+        sample().write(&snap).unwrap();
+        fs::write(snap.join("notes.txt"), "mine").unwrap();
+        let e = Staging::create(&snap).err().unwrap();
+        assert!(e.to_string().contains("notes.txt"), "{e}");
+    }
+
+    #[test]
+    fn an_earlier_snapshot_moved_aside_by_a_killed_publish_is_restored() {
+        let dir = tempfile::tempdir().unwrap();
+        let aside = dir.path().join(".snap.jdop-old-999999999");
+        fs::create_dir(&aside).unwrap();
+        sample().write(&aside).unwrap();
+        let out = dir.path().join("snap");
+        let st = Staging::create(&out).unwrap();
+        assert!(
+            out.join(MANIFEST_FILE).is_file(),
+            "restored before the new export"
+        );
+        drop(st);
+        assert!(out.join(MANIFEST_FILE).is_file());
     }
 
     #[test]

@@ -48,7 +48,7 @@ struct Quiet;
 
 impl Reporter for Quiet {
     fn warn(&self, msg: &str) {
-        eprintln!("warning: {msg}");
+        crate::say!("warning: {msg}");
     }
 }
 
@@ -64,7 +64,7 @@ pub struct Plain {
 impl Reporter for Plain {
     fn on_plan(&self, dataset: &str, total: u64, pages: u64) {
         self.pages.store(pages, Ordering::Relaxed);
-        eprintln!("{dataset}: {total} records in {pages} pages");
+        crate::say!("{dataset}: {total} records in {pages} pages");
     }
     fn on_page(&self, _page: u64, rows: u64) {
         let done = self.done.fetch_add(1, Ordering::Relaxed) + 1;
@@ -72,21 +72,21 @@ impl Reporter for Plain {
         let pages = self.pages.load(Ordering::Relaxed).max(1);
         let tenth = done * 10 / pages;
         if self.last_tenth.fetch_max(tenth, Ordering::Relaxed) < tenth {
-            eprintln!("fetched {done}/{pages} pages ({rows} rows)");
+            crate::say!("fetched {done}/{pages} pages ({rows} rows)");
         }
     }
     fn on_retry(&self, what: &str, attempt: u32, delay: Duration, cause: &str) {
-        eprintln!(
+        crate::say!(
             "retrying {what} (attempt {}) in {:.1}s: {cause}",
             attempt + 1,
             delay.as_secs_f64()
         );
     }
     fn on_writing(&self, rows: u64) {
-        eprintln!("writing {rows} rows");
+        crate::say!("writing {rows} rows");
     }
     fn warn(&self, msg: &str) {
-        eprintln!("warning: {msg}");
+        crate::say!("warning: {msg}");
     }
 }
 

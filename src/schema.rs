@@ -252,6 +252,8 @@ pub struct Inferrer {
     columns: StructKind,
     stats: Vec<ColumnStats>,
     rows: u64,
+    /// Per column, the record number in which it was last counted.
+    counted_in: Vec<u64>,
 }
 
 impl Inferrer {
@@ -261,7 +263,15 @@ impl Inferrer {
             let i = self.columns.slot(key);
             if i == self.stats.len() {
                 self.stats.push(ColumnStats::default());
+                self.counted_in.push(0);
             }
+            // A key repeated within one record is counted once (it only widens
+            // the type again).
+            if self.counted_in[i] == self.rows {
+                self.columns.fields[i].1.merge(Kind::of(raw));
+                continue;
+            }
+            self.counted_in[i] = self.rows;
             let st = &mut self.stats[i];
             st.present += 1;
             st.types.add(raw);
@@ -289,6 +299,7 @@ impl Inferrer {
             let i = self.columns.slot(&name);
             if i == self.stats.len() {
                 self.stats.push(ColumnStats::default());
+                self.counted_in.push(0);
             }
             self.columns.fields[i].1.merge(kind);
             let mine = &mut self.stats[i];
@@ -361,7 +372,7 @@ impl InferredSchema {
                     .into_iter()
                     .map(String::from)
                     .collect(),
-                missing: self.rows - c.stats.present,
+                missing: self.rows.saturating_sub(c.stats.present),
                 nulls: c.stats.nulls,
                 empty_strings: c.stats.empty,
             })
@@ -580,6 +591,13 @@ mod tests {
     fn strings_with_leading_zeros_stay_strings() {
         let s = infer(&[r#"[{"code":"01425"}]"#]);
         assert_eq!(s.arrow().field(0).data_type(), &DataType::Utf8);
+    }
+
+    #[test]
+    fn a_key_repeated_in_a_record_is_counted_once() {
+        let s = infer(&[r#"[{"a":"1","a":"2"},{"a":"3"}]"#]);
+        assert_eq!(s.describe()[0].missing, 0);
+        assert_eq!(s.columns[0].stats.present, 2);
     }
 
     #[test]

@@ -139,18 +139,18 @@ impl Target {
             let rest = &path[pos + "/interfaces/".len()..];
             let id = rest.split('/').next().unwrap_or("");
             let dataset = DatasetId::parse(id)?;
+            if !url.username().is_empty() || url.password().is_some() {
+                return Err(Error::usage(
+                    "the interface URL must not carry credentials: pass the appsecret with JDOP_APPSECRET or --appsecret-file",
+                ));
+            }
             let mut base = url.clone();
             base.set_query(None);
             base.set_fragment(None);
             base.set_path(&path[..pos]);
-            if let Some(b) = base_url {
-                let given = parse_base(b)?;
-                if given != base {
-                    return Err(Error::usage(format!(
-                        "`--base-url {given}` disagrees with the interface URL's base `{base}`"
-                    )));
-                }
-            }
+            // A pasted interface URL carries its own base: it wins over
+            // --base-url / JDOP_BASE_URL (which may be set for other datasets).
+            let _ = base_url;
             return Ok(Target { base, dataset });
         }
         let dataset = DatasetId::parse(s)?;

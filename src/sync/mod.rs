@@ -60,9 +60,18 @@ pub fn secret(cfg: &SyncConfig) -> Result<Secret> {
             ))),
         },
         SecretSource::File(p) => {
-            let text =
-                fs::read_to_string(p).map_err(|e| Error::io("read the appsecret file", p, e))?;
-            Secret::new(text.lines().next().unwrap_or(""))
+            let text = fs::read_to_string(p).map_err(|e| {
+                Error::usage(format!(
+                    "cannot read the appsecret file `{}`: {e}",
+                    p.display()
+                ))
+            })?;
+            Secret::new(
+                text.trim_start_matches('\u{feff}')
+                    .lines()
+                    .next()
+                    .unwrap_or(""),
+            )
         }
     }
 }
@@ -415,6 +424,7 @@ async fn one(
         previous_columns: previous.as_ref().map(|p| p.1.columns.clone()),
         schema_policy: s.schema,
         consistency_retries: 2,
+        key: None,
     };
     let reporter: Arc<dyn Reporter> = Arc::new(Silent);
     let summary = export::export(&export_cfg, reporter).await?;
