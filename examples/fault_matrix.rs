@@ -32,7 +32,10 @@ struct Row {
     seconds: f64,
 }
 
-fn mixes() -> Vec<(&'static str, fn(&mut SimConfig))> {
+/// A fault mix: its name and how it configures the simulator.
+type Mix = (&'static str, fn(&mut SimConfig));
+
+fn mixes() -> Vec<Mix> {
     vec![
         ("5% 5xx + 2% drops", |c| {
             c.error_rate = 0.05;
