@@ -383,6 +383,7 @@ async fn one(
         gate: Some(gate),
         rate: None,
     };
+    remove_abandoned_staging(&dir);
     let previous = read_latest(&dir);
     if !force {
         if let Some((latest, manifest)) = &previous {
@@ -450,6 +451,26 @@ async fn one(
             .map(|c| c.describe()),
         pruned,
     })
+}
+
+/// Removes staging folders of exports killed in earlier syncs (each used a new
+/// snapshot id, so none will be resumed). A folder whose lock is held is in use.
+fn remove_abandoned_staging(dataset_dir: &Path) {
+    for e in fs::read_dir(dataset_dir).into_iter().flatten().flatten() {
+        let name = e.file_name().to_string_lossy().into_owned();
+        if !(name.starts_with('.') && name.ends_with(".jdop-staging")) {
+            continue;
+        }
+        let free = fs::OpenOptions::new()
+            .read(true)
+            .write(true)
+            .open(e.path().join("lock"))
+            .map(|f| f.try_lock().is_ok())
+            .unwrap_or(true);
+        if free {
+            let _ = fs::remove_dir_all(e.path());
+        }
+    }
 }
 
 /// Writes `<root>/catalog.json` and `<root>/views.sql` from every configured
