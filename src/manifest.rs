@@ -321,29 +321,28 @@ fn replaceable(out: &Path) -> std::result::Result<(), String> {
 /// Removes folders of earlier runs whose process is gone: snapshots moved aside
 /// during a publish that was killed, and staging folders of older versions.
 fn remove_stale(parent: &Path, name: &str) {
-    let Ok(entries) = fs::read_dir(parent) else {
+    // Liveness is read from /proc; without it, nothing is treated as stale.
+    if !Path::new("/proc/self").exists() {
         return;
-    };
-    for prefix in [
+    }
+    let prefixes = [
         format!(".{name}.jdop-staging-"),
         format!(".{name}.jdop-old-"),
-    ] {
-        for e in fs::read_dir(parent).into_iter().flatten().flatten() {
-            let fname = e.file_name();
-            let Some(f) = fname.to_str() else { continue };
-            let Some(pid) = f.strip_prefix(&prefix) else {
-                continue;
-            };
-            let alive = pid
-                .parse::<u32>()
-                .map(|p| p == std::process::id() || Path::new(&format!("/proc/{p}")).exists())
-                .unwrap_or(true);
-            if !alive {
-                let _ = fs::remove_dir_all(e.path());
-            }
+    ];
+    for e in fs::read_dir(parent).into_iter().flatten().flatten() {
+        let fname = e.file_name();
+        let Some(f) = fname.to_str() else { continue };
+        let Some(pid) = prefixes.iter().find_map(|p| f.strip_prefix(p.as_str())) else {
+            continue;
+        };
+        let alive = pid
+            .parse::<u32>()
+            .map(|p| p == std::process::id() || Path::new(&format!("/proc/{p}")).exists())
+            .unwrap_or(true);
+        if !alive {
+            let _ = fs::remove_dir_all(e.path());
         }
     }
-    drop(entries);
 }
 
 /// Swaps two paths atomically (Linux `renameat2` with `RENAME_EXCHANGE`).

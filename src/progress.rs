@@ -5,7 +5,6 @@
 
 use std::io::{IsTerminal, Write};
 use std::sync::atomic::{AtomicU64, Ordering};
-use std::sync::Mutex;
 use std::time::Duration;
 
 use indicatif::{ProgressBar, ProgressDrawTarget, ProgressStyle};
@@ -90,23 +89,37 @@ impl Reporter for Plain {
     }
 }
 
-/// An indicatif bar: pages, rows, rate, ETA.
+/// An indicatif bar: pages, rows, rate, retries, ETA.
 pub struct Bar {
     bar: ProgressBar,
     rows: AtomicU64,
-    retries: Mutex<u64>,
+    retries: AtomicU64,
+    started: std::time::Instant,
 }
 
 impl Bar {
     fn new() -> Bar {
         let bar = ProgressBar::with_draw_target(None, ProgressDrawTarget::stderr());
+        bar.set_style(ProgressStyle::with_template("{spinner} {msg}").expect("valid template"));
         bar.enable_steady_tick(Duration::from_millis(120));
-        bar.set_message("connecting");
+        bar.set_message("asking the platform for the total and update date");
         Bar {
             bar,
             rows: AtomicU64::new(0),
-            retries: Mutex::new(0),
+            retries: AtomicU64::new(0),
+            started: std::time::Instant::now(),
         }
+    }
+
+    fn message(&self) -> String {
+        let rows = self.rows.load(Ordering::Relaxed);
+        let secs = self.started.elapsed().as_secs_f64().max(0.001);
+        let retries = self.retries.load(Ordering::Relaxed);
+        let mut m = format!("{rows} rows, {:.0} rows/s", rows as f64 / secs);
+        if retries > 0 {
+            m.push_str(&format!(", {retries} retries"));
+        }
+        m
     }
 }
 
@@ -114,24 +127,21 @@ impl Reporter for Bar {
     fn on_plan(&self, dataset: &str, total: u64, pages: u64) {
         self.bar.set_length(pages);
         self.bar.set_style(
-            ProgressStyle::with_template(
-                "{prefix} [{bar:30}] {pos}/{len} pages {msg} {per_sec} eta {eta}",
-            )
-            .expect("valid template")
-            .progress_chars("=> "),
+            ProgressStyle::with_template("{prefix} [{bar:30}] {pos}/{len} pages, {msg}, eta {eta}")
+                .expect("valid template")
+                .progress_chars("=> "),
         );
-        self.bar.set_prefix(dataset.to_string());
-        self.bar.set_message(format!("0/{total} rows"));
+        self.bar.set_prefix(format!("{dataset} ({total} records)"));
+        self.bar.set_message(self.message());
         self.bar.set_position(0);
     }
     fn on_page(&self, _page: u64, rows: u64) {
-        let total = self.rows.fetch_add(rows, Ordering::Relaxed) + rows;
+        self.rows.fetch_add(rows, Ordering::Relaxed);
         self.bar.inc(1);
-        self.bar.set_message(format!("{total} rows"));
+        self.bar.set_message(self.message());
     }
     fn on_retry(&self, what: &str, attempt: u32, delay: Duration, cause: &str) {
-        let mut n = self.retries.lock().unwrap_or_else(|e| e.into_inner());
-        *n += 1;
+        self.retries.fetch_add(1, Ordering::Relaxed);
         self.bar.println(format!(
             "retrying {what} (attempt {}) in {:.1}s: {cause}",
             attempt + 1,
