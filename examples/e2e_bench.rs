@@ -1,0 +1,102 @@
+//! End-to-end benchmark: `jdop sim` in its own process with per-request latency,
+//! `jdop export` against it, and the wall time compared with the latency bound
+//! `pages x latency / concurrency` measured in the same run. Reports wall time,
+//! the bound, their ratio, CPU seconds and peak RSS of the export process.
+//!
+//! `cargo build --release && target/release/examples/e2e_bench [RECORDS,LATENCY_MS,CONCURRENCY ...]`
+//! Default cases: 300000,30,8 1000000,30,16 200000,0,8
+
+use std::path::PathBuf;
+use std::process::{Command, Stdio};
+use std::time::{Duration, Instant};
+
+fn jdop() -> PathBuf {
+    let exe = std::env::current_exe().unwrap();
+    exe.parent().unwrap().parent().unwrap().join("jdop")
+}
+
+/// Waits for a child and returns (exit status, user+system CPU seconds, peak RSS KiB).
+fn wait_with_usage(child: std::process::Child) -> (i32, f64, i64) {
+    let pid = child.id() as libc::pid_t;
+    let mut status = 0;
+    // SAFETY: an all-zero rusage is a valid value for wait4 to fill in.
+    let mut usage: libc::rusage = unsafe { std::mem::zeroed() };
+    // SAFETY: `pid` is our child, not yet waited for; both pointers are valid.
+    let r = unsafe { libc::wait4(pid, &mut status, 0, &mut usage) };
+    assert_eq!(r, pid, "wait4 failed");
+    std::mem::forget(child);
+    let cpu = usage.ru_utime.tv_sec as f64
+        + usage.ru_utime.tv_usec as f64 / 1e6
+        + usage.ru_stime.tv_sec as f64
+        + usage.ru_stime.tv_usec as f64 / 1e6;
+    (libc::WEXITSTATUS(status), cpu, usage.ru_maxrss)
+}
+
+fn main() {
+    let args: Vec<String> = std::env::args().skip(1).collect();
+    let cases: Vec<(u64, u64, u64)> = if args.is_empty() {
+        vec![(300_000, 30, 8), (1_000_000, 30, 16), (200_000, 0, 8)]
+    } else {
+        args.iter()
+            .map(|a| {
+                let v: Vec<u64> = a.split(',').map(|x| x.parse().unwrap()).collect();
+                (v[0], v[1], v[2])
+            })
+            .collect()
+    };
+    let port = 18_700 + (std::process::id() % 200) as u16;
+    let datasets: Vec<String> = cases
+        .iter()
+        .enumerate()
+        .map(|(i, c)| format!("cata_{}:rows={}", i + 1, c.0))
+        .collect();
+    let dir = tempfile::tempdir().unwrap();
+    println!("| records | latency | concurrency | wall s | bound s | wall/bound | CPU s | peak RSS MiB |");
+    println!("|---|---|---|---|---|---|---|---|");
+    for (i, (records, latency, conc)) in cases.iter().enumerate() {
+        let mut sim = Command::new(jdop());
+        sim.args([
+            "sim",
+            "--port",
+            &port.to_string(),
+            "--latency-ms",
+            &latency.to_string(),
+        ]);
+        for d in &datasets {
+            sim.args(["--dataset", d]);
+        }
+        let mut sim = sim.stderr(Stdio::null()).spawn().expect("build jdop first");
+        std::thread::sleep(Duration::from_millis(400));
+        let out = dir.path().join(format!("out{i}"));
+        let started = Instant::now();
+        let child = Command::new(jdop())
+            .args([
+                "export",
+                &format!("cata_{}", i + 1),
+                "--base-url",
+                &format!("http://127.0.0.1:{port}/jdop_front"),
+                "--out",
+            ])
+            .arg(&out)
+            .args(["-q", "-j", &conc.to_string()])
+            .env("JDOP_APPSECRET", jdop::sim::DEFAULT_SECRET)
+            .spawn()
+            .unwrap();
+        let (code, cpu, rss_kib) = wait_with_usage(child);
+        let wall = started.elapsed().as_secs_f64();
+        let _ = sim.kill();
+        let _ = sim.wait();
+        assert_eq!(code, 0, "export failed");
+        let pages = records.div_ceil(200) + 4;
+        let bound = pages as f64 * (*latency as f64 / 1000.0) / *conc as f64;
+        let ratio = if bound > 0.0 {
+            format!("{:.2}", wall / bound)
+        } else {
+            "-".into()
+        };
+        println!(
+            "| {records} | {latency} ms | {conc} | {wall:.2} | {bound:.2} | {ratio} | {cpu:.2} | {:.0} |",
+            rss_kib as f64 / 1024.0
+        );
+    }
+}
