@@ -252,27 +252,22 @@ fn killed_export_leaves_earlier_snapshot_and_the_next_run_resumes() {
     for signal in ["-KILL", "-TERM"] {
         let before = snapshot_state(&env.path("snap"));
         env.sim.reset_stats();
-        let mut child = std::process::Command::new(env!("CARGO_BIN_EXE_jdop"))
-            .args([
+        // Kill it once it has fetched some pages.
+        let base = env.sim.base_url();
+        let mut child = env.spawn_until(
+            &[
                 "export",
                 "cata_3820",
                 "--base-url",
-                &env.sim.base_url(),
+                &base,
                 "--out",
                 "snap",
                 "-q",
                 "-j",
                 "2",
-            ])
-            .current_dir(env.dir.path())
-            .env("JDOP_APPSECRET", SECRET)
-            .spawn()
-            .unwrap();
-        // Wait until it has fetched some pages, then kill it.
-        let deadline = std::time::Instant::now() + Duration::from_secs(20);
-        while env.sim.stats().data_calls < 6 && std::time::Instant::now() < deadline {
-            std::thread::sleep(Duration::from_millis(5));
-        }
+            ],
+            6,
+        );
         std::process::Command::new("kill")
             .args([signal, &child.id().to_string()])
             .status()
@@ -321,26 +316,21 @@ fn a_resume_never_mixes_versions() {
         latency: Duration::from_millis(40),
         ..SimConfig::default()
     });
-    let mut child = std::process::Command::new(env!("CARGO_BIN_EXE_jdop"))
-        .args([
+    let base = env.sim.base_url();
+    let mut child = env.spawn_until(
+        &[
             "export",
             "cata_3820",
             "--base-url",
-            &env.sim.base_url(),
+            &base,
             "--out",
             "snap",
             "-q",
             "-j",
             "1",
-        ])
-        .current_dir(env.dir.path())
-        .env("JDOP_APPSECRET", SECRET)
-        .spawn()
-        .unwrap();
-    let deadline = std::time::Instant::now() + Duration::from_secs(20);
-    while env.sim.stats().data_calls < 4 && std::time::Instant::now() < deadline {
-        std::thread::sleep(Duration::from_millis(5));
-    }
+        ],
+        4,
+    );
     child.kill().unwrap();
     child.wait().unwrap();
     // The dataset moves on before the rerun: the old spool must not be used.

@@ -247,16 +247,7 @@ fn two_syncs_on_one_root_do_not_collide() {
         ..SimConfig::default()
     });
     write_config(&env, "concurrency = 1", "[[dataset]]\nid = \"cata_1\"\n");
-    let mut first = std::process::Command::new(env!("CARGO_BIN_EXE_jdop"))
-        .args(["sync", "jobs.toml", "-q"])
-        .current_dir(env.dir.path())
-        .env("JDOP_APPSECRET", SECRET)
-        .spawn()
-        .unwrap();
-    let deadline = std::time::Instant::now() + Duration::from_secs(20);
-    while env.sim.stats().data_calls < 2 && std::time::Instant::now() < deadline {
-        std::thread::sleep(Duration::from_millis(10));
-    }
+    let mut first = env.spawn_until(&["sync", "jobs.toml", "-q"], 2);
     let second = sync(&env, &[]);
     second.fails_with(10).stderr_has("another jdop run");
     assert!(first.wait().unwrap().success());

@@ -91,6 +91,24 @@ impl Env {
     }
 }
 
+impl Env {
+    /// Starts `jdop ARGS` in the background (with the secret) and returns once the
+    /// simulator has served `data_calls` data calls (or 20 s passed).
+    pub fn spawn_until(&self, args: &[&str], data_calls: u64) -> std::process::Child {
+        let child = Command::new(env!("CARGO_BIN_EXE_jdop"))
+            .args(args)
+            .current_dir(self.dir.path())
+            .env("JDOP_APPSECRET", SECRET)
+            .spawn()
+            .unwrap();
+        let deadline = std::time::Instant::now() + std::time::Duration::from_secs(20);
+        while self.sim.stats().data_calls < data_calls && std::time::Instant::now() < deadline {
+            std::thread::sleep(std::time::Duration::from_millis(5));
+        }
+        child
+    }
+}
+
 pub struct Run {
     pub cmd: String,
     pub output: Output,
