@@ -26,8 +26,8 @@ Exit codes:
   7    the dataset changed during the export (rerun, or --allow-inconsistent)
   8    the schema changed and the dataset's policy is freeze (sync)
   9    sync: at least one dataset failed
-  10   sync: another sync holds the root's lock
-  130  interrupted (Ctrl-C); nothing was published
+  10   another jdop run holds the lock (of the sync root, or of the same --out)
+  130  interrupted (Ctrl-C, SIGTERM); nothing was published; the same command resumes
 
 The appsecret is read from JDOP_APPSECRET or --appsecret-file FILE; it never appears
 in output, logs, errors, manifests or file names.";
@@ -132,7 +132,8 @@ pub struct ExportArgs {
     #[command(flatten)]
     pub conn: Conn,
 
-    /// Output folder; replaced atomically when the export completes
+    /// Output folder; replaced atomically when the export completes. An interrupted
+    /// export resumes from its spool when run again
     #[arg(long, short = 'o', value_name = "DIR")]
     pub out: PathBuf,
 
