@@ -44,6 +44,7 @@ async fn main() -> Result<(), Box<dyn std::error::Error>> {
         schema_policy: Default::default(),
         consistency_retries: 2,
         key: None,
+        staging: None,
     };
     let summary = jdop::export(&cfg, Arc::new(jdop::progress::Silent)).await?;
     let m = &summary.manifest;

@@ -120,6 +120,7 @@ fn config(sim: &Simulator, out: &Path) -> jdop::ExportConfig {
         schema_policy: Default::default(),
         consistency_retries: 2,
         key: None,
+        staging: None,
     }
 }
 

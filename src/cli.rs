@@ -488,6 +488,7 @@ impl OutputArgs {
             schema_policy: Default::default(),
             consistency_retries: self.consistency_retries,
             key: self.key.clone(),
+            staging: None,
         }
     }
 }

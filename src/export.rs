@@ -46,6 +46,8 @@ pub struct ExportConfig {
     pub consistency_retries: u32,
     /// Report repeated values of this column in the manifest (rows are kept).
     pub key: Option<String>,
+    /// Where to stage (default: `.<name>.jdop-staging` next to `out`).
+    pub staging: Option<PathBuf>,
 }
 
 /// The result of a successful export.
@@ -102,7 +104,7 @@ pub async fn export(cfg: &ExportConfig, reporter: Arc<dyn Reporter>) -> Result<S
     let rep: &dyn Reporter = reporter.as_ref();
 
     let (total_before, date_before) = total_and_date(&client, &cfg.limits, &counters, rep).await?;
-    let staging = Staging::create(&cfg.out)?;
+    let staging = Staging::create_in(&cfg.out, cfg.staging.as_deref())?;
     let mut total_before = total_before;
     let mut date_before = date_before;
     let mut attempts = 0u32;

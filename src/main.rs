@@ -296,7 +296,25 @@ async fn demo(args: DemoArgs) -> Result<()> {
     Ok(())
 }
 
+/// `jdop sync`; with `--json`, a run that fails before any dataset still prints a
+/// JSON object on stdout (`error`, `exit_code`) for monitoring scripts.
 async fn sync(args: SyncArgs) -> Result<()> {
+    let json = args.json;
+    let result = sync_run(args).await;
+    if let (true, Err(e)) = (json, &result) {
+        if !matches!(e, Error::SyncFailed { .. }) {
+            out(&serde_json::json!({
+                "error": e.to_string(),
+                "exit_code": e.exit_code() as u8,
+                "datasets": [],
+            })
+            .to_string())?;
+        }
+    }
+    result
+}
+
+async fn sync_run(args: SyncArgs) -> Result<()> {
     use jdop::sync::{self, Status};
     let cfg = match sync::load(&args.config) {
         Ok(c) => c,

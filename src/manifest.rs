@@ -111,6 +111,13 @@ pub struct SpoolState {
 
 impl Staging {
     pub fn create(out: &Path) -> Result<Staging> {
+        Staging::create_in(out, None)
+    }
+
+    /// As [`Staging::create`], with the staging folder at `at` instead of next to
+    /// `out` (same file system): `jdop sync` keeps one per dataset so a killed sync
+    /// resumes although each snapshot gets a new name.
+    pub fn create_in(out: &Path, at: Option<&Path>) -> Result<Staging> {
         let (parent, name) = split_out(out)?;
         fs::create_dir_all(&parent)
             .map_err(|e| Error::io("create the output's parent folder", &parent, e))?;
@@ -130,7 +137,10 @@ impl Staging {
         }
         restore_moved_aside(out, &parent, &name)?;
         remove_stale(&parent, &name);
-        let root = parent.join(format!(".{name}.jdop-staging"));
+        let root = match at {
+            Some(p) => p.to_path_buf(),
+            None => parent.join(format!(".{name}.jdop-staging")),
+        };
         fs::create_dir_all(&root).map_err(|e| Error::io("create the staging folder", &root, e))?;
         let lock_path = root.join("lock");
         let lock = fs::OpenOptions::new()

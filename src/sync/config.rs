@@ -32,6 +32,10 @@ pub struct JobSettings {
     pub zstd_level: i32,
     pub keep: Option<usize>,
     pub schema: SchemaPolicy,
+    /// Report repeated values of this column in the manifest.
+    pub key: Option<String>,
+    /// Publish even when the dataset never held still (`"consistent": false`).
+    pub allow_inconsistent: bool,
 }
 
 impl Default for JobSettings {
@@ -46,6 +50,8 @@ impl Default for JobSettings {
             zstd_level: 1,
             keep: None,
             schema: SchemaPolicy::Evolve,
+            key: None,
+            allow_inconsistent: false,
         }
     }
 }
@@ -69,6 +75,10 @@ pub struct SyncConfig {
     pub parallel: usize,
     pub max_retries: u32,
     pub timeout_secs: f64,
+    /// Requests per second at most, over all datasets together.
+    pub rate_limit: Option<f64>,
+    /// Passes started over when a dataset changes during its export.
+    pub consistency_retries: u32,
     pub jobs: Vec<Job>,
 }
 
@@ -101,6 +111,10 @@ const TOP_KEYS: &[&str] = &[
     "schema",
     "max_retries",
     "timeout",
+    "rate_limit",
+    "consistency_retries",
+    "key",
+    "allow_inconsistent",
     "dataset",
 ];
 const JOB_KEYS: &[&str] = &[
@@ -114,6 +128,8 @@ const JOB_KEYS: &[&str] = &[
     "zstd_level",
     "keep",
     "schema",
+    "key",
+    "allow_inconsistent",
 ];
 
 struct Ctx<'a> {
@@ -187,10 +203,7 @@ impl Ctx<'_> {
         match f {
             Some(f) if f.is_finite() && f > 0.0 => Some(f),
             _ => {
-                self.err(
-                    v.span(),
-                    format!("`{key}` must be a positive number of seconds"),
-                );
+                self.err(v.span(), format!("`{key}` must be a positive number"));
                 None
             }
         }
@@ -201,10 +214,22 @@ impl Ctx<'_> {
         match key {
             "base_url" => {
                 if let Some(u) = self.str(key, v) {
-                    match parse_base(&u) {
-                        Ok(_) => s.base_url = Some(u),
-                        Err(e) => self.err(v.span(), e.to_string()),
+                    if let Err(e) = parse_base(&u) {
+                        self.err(v.span(), e.to_string());
                     }
+                    // Kept even when invalid: its error is reported once, here, not
+                    // again as "no base_url" on every dataset.
+                    s.base_url = Some(u);
+                }
+            }
+            "key" => {
+                if let Some(k) = self.str(key, v) {
+                    s.key = Some(k);
+                }
+            }
+            "allow_inconsistent" => {
+                if let Some(b) = self.bool(key, v) {
+                    s.allow_inconsistent = b
                 }
             }
             "format" => match self.str(key, v).as_deref() {
@@ -289,6 +314,8 @@ pub fn parse(text: &str, dir: &Path) -> Result<SyncConfig, Vec<ConfigError>> {
     let mut parallel: Option<usize> = None;
     let mut max_retries = 6u32;
     let mut timeout_secs = 60.0;
+    let mut rate_limit = None;
+    let mut consistency_retries = 2u32;
     let mut dataset_entries = None;
 
     for (k, v) in table.iter() {
@@ -298,13 +325,28 @@ pub fn parse(text: &str, dir: &Path) -> Result<SyncConfig, Vec<ConfigError>> {
             "appsecret_env" => {
                 secret_keys += 1;
                 if let Some(name) = cx.str(key, v) {
+                    if name.trim().is_empty() || name.contains('=') {
+                        cx.err(v.span(), "`appsecret_env` must name an environment variable");
+                    }
                     secret = SecretSource::Env(name);
                 }
             }
             "appsecret_file" => {
                 secret_keys += 1;
                 if let Some(p) = cx.str(key, v) {
-                    secret = SecretSource::File(dir.join(p));
+                    let path = dir.join(&p);
+                    if !path.is_file() {
+                        cx.err(v.span(), format!("`appsecret_file` `{}` does not exist", path.display()));
+                    }
+                    secret = SecretSource::File(path);
+                }
+            }
+            "rate_limit" => {
+                rate_limit = cx.float(key, v);
+            }
+            "consistency_retries" => {
+                if let Some(n) = cx.int(key, v, 0, 100) {
+                    consistency_retries = n as u32
                 }
             }
             "appsecret" | "secret" => cx.err(
@@ -422,6 +464,8 @@ pub fn parse(text: &str, dir: &Path) -> Result<SyncConfig, Vec<ConfigError>> {
         parallel: parallel.unwrap_or(concurrency.min(4)),
         max_retries,
         timeout_secs,
+        rate_limit,
+        consistency_retries,
         jobs,
     })
 }

@@ -25,7 +25,7 @@ pub use config::{ConfigError, Job, SchemaPolicy, SecretSource, SyncConfig};
 
 use crate::error::{Error, Result};
 use crate::export::{self, ExportConfig};
-use crate::fetch::{Limits, RetryPolicy};
+use crate::fetch::{Limits, RateLimit, RetryPolicy};
 use crate::manifest::Manifest;
 use crate::platform::{Client, ClientConfig, Secret, Target, UpdateDate};
 use crate::progress::{Reporter, Silent};
@@ -34,6 +34,10 @@ use crate::sink::{Format, ParquetOptions};
 pub const LOCK_FILE: &str = ".jdop-sync.lock";
 pub const LATEST_JSON: &str = "latest.json";
 pub const LATEST_LINK: &str = "latest";
+/// Per dataset: the staging folder (kept after a kill so the next sync resumes).
+pub const STAGING: &str = ".jdop-staging";
+/// Per dataset: the version a `freeze` refused, so it is not fetched again.
+pub const FROZEN: &str = ".jdop-frozen.json";
 
 /// Reads the config file and resolves its paths against its folder.
 pub fn load(path: &Path) -> std::result::Result<SyncConfig, Vec<ConfigError>> {
@@ -135,11 +139,17 @@ pub struct Latest {
 }
 
 /// Holds the root's lock for the run.
-/// The file is left in place when the run ends: removing it would race with a run
-/// that just opened it. The OS releases the lock when the file closes, also when
-/// the process dies.
+/// The file is left in place when the run ends (removing it would race with a run
+/// that just opened it) but emptied, so only a run that died leaves its pid in it.
+/// The OS releases the lock when the file closes, also when the process dies.
 pub struct Lock {
-    _file: fs::File,
+    file: fs::File,
+}
+
+impl Drop for Lock {
+    fn drop(&mut self) {
+        let _ = self.file.set_len(0);
+    }
 }
 
 /// Takes the root's lock. Returns the pid written by an earlier holder that died
@@ -170,7 +180,7 @@ pub fn lock(root: &Path) -> Result<(Lock, Option<String>)> {
         .map_err(|e| Error::io("write the lock file", &path, e))?;
     let _ = writeln!(file, "{} {}", std::process::id(), Utc::now().to_rfc3339());
     let stale = previous_pid.filter(|p| *p != std::process::id().to_string());
-    Ok((Lock { _file: file }, stale))
+    Ok((Lock { file }, stale))
 }
 
 /// A new snapshot id: the current UTC time to the millisecond, sortable and
@@ -287,6 +297,7 @@ pub async fn run(
     let clock = Instant::now();
     let (_lock, stale) = lock(&cfg.root)?;
     let gate = Arc::new(tokio::sync::Semaphore::new(cfg.concurrency));
+    let rate = cfg.rate_limit.and_then(RateLimit::new).map(Arc::new);
     let retry = opts.retry.clone().unwrap_or(RetryPolicy {
         max_retries: cfg.max_retries,
         ..RetryPolicy::default()
@@ -295,15 +306,20 @@ pub async fn run(
         timeout: Duration::from_secs_f64(cfg.timeout_secs),
         ..ClientConfig::default()
     };
+    let ctx = RunCtx {
+        secret,
+        gate,
+        rate,
+        retry,
+        client_cfg,
+        force: opts.force,
+    };
     let mut outcomes: Vec<(usize, Outcome)> = futures::stream::iter(cfg.jobs.iter().enumerate())
         .map(|(i, job)| {
-            let gate = gate.clone();
-            let secret = secret.clone();
-            let retry = retry.clone();
-            let client_cfg = client_cfg.clone();
+            let ctx = &ctx;
             async move {
                 let t = Instant::now();
-                let o = match one(cfg, job, secret, gate, retry, client_cfg, opts.force).await {
+                let o = match one(cfg, job, ctx).await {
                     Ok(mut o) => {
                         o.duration_secs = round3(t.elapsed().as_secs_f64());
                         o
@@ -363,15 +379,20 @@ fn error_chain(e: &Error) -> String {
     text
 }
 
-async fn one(
-    cfg: &SyncConfig,
-    job: &Job,
+/// What every dataset of a run shares.
+struct RunCtx {
     secret: Secret,
     gate: Arc<tokio::sync::Semaphore>,
+    rate: Option<Arc<RateLimit>>,
     retry: RetryPolicy,
     client_cfg: ClientConfig,
     force: bool,
-) -> Result<Outcome> {
+}
+
+async fn one(cfg: &SyncConfig, job: &Job, ctx: &RunCtx) -> Result<Outcome> {
+    let secret = ctx.secret.clone();
+    let client_cfg = ctx.client_cfg.clone();
+    let force = ctx.force;
     let s = &job.settings;
     let target = Target::parse(job.id.as_str(), s.base_url.as_deref())?;
     let dir = cfg.root.join(job.id.as_str());
@@ -379,19 +400,23 @@ async fn one(
     let limits = Limits {
         concurrency: s.concurrency.min(cfg.concurrency),
         page_size: s.page_size,
-        retry,
-        gate: Some(gate),
-        rate: None,
+        retry: ctx.retry.clone(),
+        gate: Some(ctx.gate.clone()),
+        rate: ctx.rate.clone(),
     };
     remove_abandoned_staging(&dir);
     let previous = read_latest(&dir);
+    // The version now on the platform, when there is something to compare it with.
+    let mut current: Option<(u64, serde_json::Value)> = None;
+    if previous.is_some() {
+        let client = Client::new(target.clone(), secret.clone(), &client_cfg)?;
+        let total = export::total(&client, &limits, &Silent).await?;
+        let date = export::update_date(&client, &limits, &Silent).await?;
+        current = Some((total, date.raw));
+    }
     if !force {
-        if let Some((latest, manifest)) = &previous {
-            let client = Client::new(target.clone(), secret.clone(), &client_cfg)?;
-            let quiet = Silent;
-            let total = export::total(&client, &limits, &quiet).await?;
-            let date = export::update_date(&client, &limits, &quiet).await?;
-            if total == manifest.total_before && date.raw == manifest.update_date.raw {
+        if let (Some((latest, manifest)), Some((total, date))) = (&previous, &current) {
+            if *total == manifest.total_before && *date == manifest.update_date.raw {
                 return Ok(Outcome {
                     dataset: job.id.to_string(),
                     status: Status::Unchanged,
@@ -403,6 +428,20 @@ async fn one(
                     exit_code: None,
                     schema_changes: None,
                     pruned: Vec::new(),
+                });
+            }
+        }
+    }
+    // A version refused by `freeze` is not downloaded again every run.
+    if s.schema == SchemaPolicy::Freeze && !force {
+        if let (Some(f), Some((total, date))) = (read_frozen(&dir), &current) {
+            if f.total == *total && f.update_date == *date {
+                return Err(Error::SchemaChanged {
+                    dataset: job.id.to_string(),
+                    changes: format!(
+                        "{} (this version was refused before; not fetched again)",
+                        f.changes
+                    ),
                 });
             }
         }
@@ -421,14 +460,32 @@ async fn one(
             zstd_level: s.zstd_level,
             ..ParquetOptions::default()
         },
-        allow_inconsistent: false,
         previous_columns: previous.as_ref().map(|p| p.1.columns.clone()),
         schema_policy: s.schema,
-        consistency_retries: 2,
-        key: None,
+        consistency_retries: cfg.consistency_retries,
+        key: s.key.clone(),
+        allow_inconsistent: s.allow_inconsistent,
+        staging: Some(dir.join(STAGING)),
     };
     let reporter: Arc<dyn Reporter> = Arc::new(Silent);
-    let summary = export::export(&export_cfg, reporter).await?;
+    let summary = match export::export(&export_cfg, reporter).await {
+        Err(Error::SchemaChanged { dataset, changes }) => {
+            if let Some((total, update_date)) = current {
+                let f = Frozen {
+                    total,
+                    update_date,
+                    changes: changes.clone(),
+                };
+                let _ = fs::write(
+                    dir.join(FROZEN),
+                    serde_json::to_string_pretty(&f).unwrap_or_default(),
+                );
+            }
+            return Err(Error::SchemaChanged { dataset, changes });
+        }
+        other => other?,
+    };
+    let _ = fs::remove_file(dir.join(FROZEN));
     let m = &summary.manifest;
     point_latest(&dir, &id, m)?;
     let pruned = match s.keep {
@@ -453,12 +510,23 @@ async fn one(
     })
 }
 
+#[derive(Debug, Serialize, Deserialize)]
+struct Frozen {
+    total: u64,
+    update_date: serde_json::Value,
+    changes: String,
+}
+
+fn read_frozen(dir: &Path) -> Option<Frozen> {
+    serde_json::from_str(&fs::read_to_string(dir.join(FROZEN)).ok()?).ok()
+}
+
 /// Removes staging folders of exports killed in earlier syncs (each used a new
 /// snapshot id, so none will be resumed). A folder whose lock is held is in use.
 fn remove_abandoned_staging(dataset_dir: &Path) {
     for e in fs::read_dir(dataset_dir).into_iter().flatten().flatten() {
         let name = e.file_name().to_string_lossy().into_owned();
-        if !(name.starts_with('.') && name.ends_with(".jdop-staging")) {
+        if name == STAGING || !(name.starts_with('.') && name.ends_with(".jdop-staging")) {
             continue;
         }
         let free = fs::OpenOptions::new()

@@ -333,3 +333,80 @@ fn check_reports_every_error_with_its_line() {
         .stderr_has("is valid: 2 datasets");
     assert!(!env.path("mirror").exists(), "--check touches nothing");
 }
+
+#[test]
+fn a_killed_sync_resumes_from_its_spool() {
+    let env = Env::with(SimConfig {
+        datasets: vec![DatasetSpec::credit("cata_1", 4000)],
+        latency: Duration::from_millis(30),
+        ..SimConfig::default()
+    });
+    write_config(&env, "concurrency = 2", "[[dataset]]\nid = \"cata_1\"\n");
+    let mut first = env.spawn_until(&["sync", "jobs.toml", "-q"], 8);
+    first.kill().unwrap();
+    first.wait().unwrap();
+    env.sim.reset_stats();
+    sync(&env, &["-q"]).ok();
+    let l = latest(&env, "cata_1");
+    let m = manifest(&env.path(&format!(
+        "mirror/cata_1/{}",
+        l["snapshot"].as_str().unwrap()
+    )));
+    assert!(m.pages_reused > 0, "nothing resumed");
+    assert_eq!(env.sim.stats().data_calls, 20 - m.pages_reused);
+    assert_parquet_matches(
+        &env.path("mirror/cata_1/latest"),
+        &env.sim.dataset("cata_1").unwrap(),
+    );
+}
+
+#[test]
+fn clean_runs_leave_no_lock_to_take_over_and_json_reports_a_held_lock() {
+    let env = Env::new(vec![DatasetSpec::credit("cata_1", 50)]);
+    write_config(
+        &env,
+        "rate_limit = 100\nconsistency_retries = 1",
+        "[[dataset]]\nid = \"cata_1\"\nkey = \"ID\"\n",
+    );
+    sync(&env, &[]).ok();
+    let r = sync(&env, &["--json"]);
+    r.ok();
+    assert!(!r.stderr().contains("took over"), "{}", r.stderr());
+    assert!(report(&r).get("took_over_lock_of_pid").is_none());
+    let lock = std::fs::File::open(env.path("mirror/.jdop-sync.lock")).unwrap();
+    lock.lock().unwrap();
+    let held = sync(&env, &["--json"]);
+    held.fails_with(10);
+    assert_eq!(report(&held)["exit_code"], 10);
+}
+
+#[test]
+fn a_version_refused_by_freeze_is_not_downloaded_again() {
+    let v1 = vec![r#"{"a":"1"}"#.to_string()];
+    let env = Env::new(vec![DatasetSpec::fixed("cata_1", v1)]);
+    write_config(
+        &env,
+        "schema = \"freeze\"",
+        "[[dataset]]\nid = \"cata_1\"\n",
+    );
+    sync(&env, &["-q"]).ok();
+    let mut v2 = DatasetSpec::fixed("cata_1", vec![r#"{"a":"1","b":"2"}"#.to_string()]);
+    v2.updated = chrono::NaiveDate::from_ymd_opt(2025, 3, 1)
+        .unwrap()
+        .and_hms_opt(0, 0, 0)
+        .unwrap();
+    env.sim.set_dataset(v2);
+    sync(&env, &["-q"]).fails_with(9);
+    env.sim.reset_stats();
+    let r = sync(&env, &["--json"]);
+    r.fails_with(9);
+    assert!(report(&r)["datasets"][0]["error"]
+        .as_str()
+        .unwrap()
+        .contains("refused before"));
+    assert_eq!(
+        env.sim.stats().data_calls,
+        0,
+        "the refused version is not fetched again"
+    );
+}
