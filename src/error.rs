@@ -72,8 +72,8 @@ pub fn op_text(op: Op, page: Option<u64>) -> String {
 /// One failed call, classified once as transient (worth retrying) or terminal.
 #[derive(Debug, thiserror::Error)]
 pub enum CallError {
-    #[error("request timed out")]
-    Timeout,
+    #[error("request timed out after {:.1}s (--timeout)", .0.as_secs_f64())]
+    Timeout(Duration),
     #[error("connection failed: {0}")]
     Connect(String),
     #[error("transport error: {0}")]
@@ -113,7 +113,7 @@ impl CallError {
     /// platform said no), other 4xx, `data` of the wrong shape.
     pub fn is_transient(&self) -> bool {
         match self {
-            CallError::Timeout | CallError::Connect(_) | CallError::Transport(_) => true,
+            CallError::Timeout(_) | CallError::Connect(_) | CallError::Transport(_) => true,
             CallError::HttpStatus { status, .. } => {
                 matches!(status, 408 | 425 | 429) || (500..600).contains(status)
             }
@@ -219,7 +219,7 @@ impl Error {
             Error::Rejected { .. } => ExitCode::Platform,
             Error::Call { source, .. } => match source.as_ref() {
                 CallError::Rejected { .. } => ExitCode::Platform,
-                CallError::Timeout | CallError::Connect(_) | CallError::Transport(_) => {
+                CallError::Timeout(_) | CallError::Connect(_) | CallError::Transport(_) => {
                     ExitCode::Network
                 }
                 CallError::HttpStatus { .. } | CallError::Throttled { .. } => ExitCode::Network,
@@ -288,7 +288,7 @@ mod tests {
             url: "http://h/jdop_front/interfaces/cata_1/get_data.do".into(),
             retries: 5,
             elapsed: Duration::from_millis(1500),
-            source: Box::new(CallError::Timeout),
+            source: Box::new(CallError::Timeout(Duration::from_secs(60))),
         };
         assert_eq!(
             e.to_string(),

@@ -226,6 +226,7 @@ pub struct Client {
     target: Target,
     secret: Secret,
     method: Method,
+    timeout: Duration,
 }
 
 /// Installs the ring crypto provider for rustls once per process.
@@ -253,6 +254,7 @@ impl Client {
             target,
             secret,
             method: cfg.method,
+            timeout: cfg.timeout,
         })
     }
 
@@ -320,7 +322,7 @@ impl Client {
         let connect = e.is_connect();
         let text = self.secret.redact(&chain_text(&e.without_url()));
         if timeout {
-            CallError::Timeout
+            CallError::Timeout(self.timeout)
         } else if connect {
             CallError::Connect(text)
         } else {
