@@ -377,16 +377,25 @@ pub async fn fetch_pages(
             let spool = spool.clone();
             async move {
                 if spool.has_page(p) {
-                    let ds = dataset.clone();
-                    let out = on_rayon(move || {
-                        let text = spool
+                    let (ds, sp) = (dataset.clone(), spool.clone());
+                    let reused = on_rayon(move || {
+                        let text = sp
                             .read_page(p)
                             .map_err(|e| page_error(&ds, p, PageError::Spool(e)))?;
-                        process_array(&spool, &ds, p, &text, false)
+                        process_array(&sp, &ds, p, &text, false)
                     })
-                    .await??;
-                    reporter.on_page(p, out.0 as u64);
-                    return Ok::<_, Error>((p, out, true));
+                    .await?;
+                    match reused {
+                        Ok(out) => {
+                            reporter.on_page(p, out.0 as u64);
+                            return Ok::<_, Error>((p, out, true));
+                        }
+                        // A damaged spool page (a disk fault, a hand edit) is fetched again.
+                        Err(e) => {
+                            tracing::warn!("spooled page {p} of `{dataset}` is unusable, fetching it again: {e}");
+                            spool.remove_page(p);
+                        }
+                    }
                 }
                 let body = call_adaptive(
                     client,

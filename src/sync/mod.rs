@@ -326,6 +326,8 @@ pub async fn run(
                     }
                     Err(e) => {
                         let dir = cfg.root.join(job.id.as_str());
+                        // A dataset that never succeeded leaves no empty folder behind.
+                        let _ = fs::remove_dir(&dir);
                         let latest = read_latest(&dir);
                         Outcome {
                             dataset: job.id.to_string(),

@@ -344,3 +344,41 @@ fn a_resume_never_mixes_versions() {
     assert_eq!(m.pages_reused, 0);
     assert_parquet_matches(&env.path("snap"), &newer);
 }
+
+#[test]
+fn a_damaged_spool_page_is_fetched_again_on_resume() {
+    let spec = DatasetSpec::credit("cata_3820", 3000);
+    let env = Env::with(SimConfig {
+        datasets: vec![spec.clone()],
+        latency: Duration::from_millis(40),
+        ..SimConfig::default()
+    });
+    let base = env.sim.base_url();
+    let mut child = env.spawn_until(
+        &[
+            "export",
+            "cata_3820",
+            "--base-url",
+            &base,
+            "--out",
+            "snap",
+            "-q",
+            "-j",
+            "1",
+        ],
+        4,
+    );
+    child.kill().unwrap();
+    child.wait().unwrap();
+    let spool = env.path(".snap.jdop-staging/spool");
+    let page = std::fs::read_dir(&spool)
+        .unwrap()
+        .flatten()
+        .next()
+        .unwrap()
+        .path();
+    let text = std::fs::read(&page).unwrap();
+    std::fs::write(&page, &text[..text.len() / 2]).unwrap();
+    env.export("cata_3820", "snap", &["-q"]).ok();
+    assert_parquet_matches(&env.path("snap"), &spec);
+}
