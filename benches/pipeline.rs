@@ -36,7 +36,7 @@ fn bodies() -> Vec<String> {
         .collect()
 }
 
-fn arrays(bodies: &[String]) -> Vec<String> {
+fn record_arrays(bodies: &[String]) -> Vec<String> {
     bodies
         .iter()
         .map(|b| parse_page(b.as_bytes()).unwrap().into_owned())
@@ -61,9 +61,24 @@ fn convert(conv: &Converter, arrays: &[String]) -> Vec<RecordBatch> {
         .collect()
 }
 
+fn write_parquet(dir: &std::path::Path, conv: &Converter, batches: &[RecordBatch]) -> usize {
+    let mut sink = ParquetSink::new(
+        dir.to_path_buf(),
+        conv.schema().clone(),
+        None,
+        &ParquetOptions::default(),
+        "cata_1",
+    )
+    .unwrap();
+    for batch in batches {
+        sink.write(batch).unwrap();
+    }
+    sink.close().unwrap().len()
+}
+
 fn stages(c: &mut Criterion) {
     let bodies = bodies();
-    let arrays = arrays(&bodies);
+    let arrays = record_arrays(&bodies);
     let bytes: u64 = bodies.iter().map(|b| b.len() as u64).sum();
     let records = PAGES * PAGE_SIZE;
     let schema = infer(&arrays);
@@ -92,18 +107,7 @@ fn stages(c: &mut Criterion) {
         });
         g.bench_function("parquet_encode_zstd1", |b| {
             b.iter(|| {
-                let mut sink = ParquetSink::new(
-                    dir.path().to_path_buf(),
-                    conv.schema().clone(),
-                    None,
-                    &ParquetOptions::default(),
-                    "cata_1",
-                )
-                .unwrap();
-                for batch in &batches {
-                    sink.write(batch).unwrap();
-                }
-                black_box(sink.close().unwrap());
+                black_box(write_parquet(dir.path(), &conv, &batches));
             })
         });
         g.bench_function("csv_encode", |b| {
@@ -124,29 +128,14 @@ fn stages(c: &mut Criterion) {
         });
         g.bench_function("pages_to_parquet", |b| {
             b.iter(|| {
-                let arrays = arrays_from(&bodies);
-                let schema = infer(&arrays);
-                let conv = Converter::new(&schema);
-                let mut sink = ParquetSink::new(
-                    dir.path().to_path_buf(),
-                    conv.schema().clone(),
-                    None,
-                    &ParquetOptions::default(),
-                    "cata_1",
-                )
-                .unwrap();
-                for batch in convert(&conv, &arrays) {
-                    sink.write(&batch).unwrap();
-                }
-                black_box(sink.close().unwrap());
+                let arrays = record_arrays(&bodies);
+                let conv = Converter::new(&infer(&arrays));
+                let batches = convert(&conv, &arrays);
+                black_box(write_parquet(dir.path(), &conv, &batches));
             })
         });
         g.finish();
     }
-}
-
-fn arrays_from(bodies: &[String]) -> Vec<String> {
-    arrays(bodies)
 }
 
 criterion_group!(benches, stages);

@@ -308,31 +308,36 @@ fn killed_export_leaves_earlier_snapshot_and_the_next_run_resumes() {
     }
 }
 
-#[test]
-fn a_resume_never_mixes_versions() {
-    let spec = DatasetSpec::credit("cata_3820", 2000);
+/// An export of `rows` credit records killed (SIGKILL) after 4 data calls, its
+/// spool left in `.snap.jdop-staging`.
+fn killed_export(rows: u64) -> (Env, DatasetSpec) {
+    let spec = DatasetSpec::credit("cata_3820", rows);
     let env = Env::with(SimConfig {
         datasets: vec![spec.clone()],
         latency: Duration::from_millis(40),
         ..SimConfig::default()
     });
     let base = env.sim.base_url();
-    let mut child = env.spawn_until(
-        &[
-            "export",
-            "cata_3820",
-            "--base-url",
-            &base,
-            "--out",
-            "snap",
-            "-q",
-            "-j",
-            "1",
-        ],
-        4,
-    );
+    let args = [
+        "export",
+        "cata_3820",
+        "--base-url",
+        &base,
+        "--out",
+        "snap",
+        "-q",
+        "-j",
+        "1",
+    ];
+    let mut child = env.spawn_until(&args, 4);
     child.kill().unwrap();
     child.wait().unwrap();
+    (env, spec)
+}
+
+#[test]
+fn a_resume_never_mixes_versions() {
+    let (env, spec) = killed_export(2000);
     // The dataset moves on before the rerun: the old spool must not be used.
     let mut newer = spec.clone();
     newer.front = 7;
@@ -347,29 +352,7 @@ fn a_resume_never_mixes_versions() {
 
 #[test]
 fn a_damaged_spool_page_is_fetched_again_on_resume() {
-    let spec = DatasetSpec::credit("cata_3820", 3000);
-    let env = Env::with(SimConfig {
-        datasets: vec![spec.clone()],
-        latency: Duration::from_millis(40),
-        ..SimConfig::default()
-    });
-    let base = env.sim.base_url();
-    let mut child = env.spawn_until(
-        &[
-            "export",
-            "cata_3820",
-            "--base-url",
-            &base,
-            "--out",
-            "snap",
-            "-q",
-            "-j",
-            "1",
-        ],
-        4,
-    );
-    child.kill().unwrap();
-    child.wait().unwrap();
+    let (env, spec) = killed_export(3000);
     let spool = env.path(".snap.jdop-staging/spool");
     let page = std::fs::read_dir(&spool)
         .unwrap()
