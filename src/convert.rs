@@ -13,6 +13,7 @@ use arrow_json::ReaderBuilder;
 use arrow_schema::SchemaRef;
 use serde_json::value::RawValue;
 
+use crate::detect::Target;
 use crate::error::PageError;
 use crate::platform::{object_entries, split_records};
 use crate::schema::{InferredSchema, Kind, StructKind};
@@ -21,6 +22,9 @@ use crate::schema::{InferredSchema, Kind, StructKind};
 #[derive(Debug, Clone)]
 pub struct Converter {
     schema: SchemaRef,
+    decode_schema: SchemaRef,
+    /// Columns read as text and converted to their detected type.
+    typed: Arc<Vec<(usize, Target)>>,
     top: Arc<StructKind>,
     rewrite: bool,
 }
@@ -33,8 +37,16 @@ impl Converter {
                 .iter()
                 .map(|c| (c.name.clone(), c.kind.clone())),
         );
+        let typed = schema
+            .columns
+            .iter()
+            .enumerate()
+            .filter_map(|(i, c)| c.typed.map(|t| (i, t)))
+            .collect();
         Converter {
             schema: schema.arrow(),
+            decode_schema: schema.decode_schema(),
+            typed: Arc::new(typed),
             top: Arc::new(top),
             rewrite: schema.needs_json_text(),
         }
@@ -48,14 +60,17 @@ impl Converter {
     /// (by its position in `pages`, which the caller maps to a page number).
     pub fn decode(&self, pages: &[&str]) -> Result<RecordBatch, (usize, PageError)> {
         let rows_hint: usize = pages.len() * 200;
-        let mut decoder = ReaderBuilder::new(self.schema.clone())
+        let mut decoder = ReaderBuilder::new(self.decode_schema.clone())
             .with_batch_size(rows_hint.max(1))
             .with_coerce_primitive(true)
             .with_strict_mode(true)
             .with_flatten(true)
             .build_decoder()
             .map_err(|e| (0, convert_err(e)))?;
-        let mut batches = Vec::new();
+        let mut batches: Vec<RecordBatch> = Vec::new();
+        // Rows decoded by the end of each page (to name the page of a bad value).
+        let mut ends = Vec::with_capacity(pages.len());
+        let mut flushed = 0usize;
         for (i, page) in pages.iter().enumerate() {
             let owned;
             let text: &str = if self.rewrite {
@@ -70,12 +85,14 @@ impl Converter {
                 if n == 0 {
                     // The batch is full (a page larger than expected): flush, go on.
                     if let Some(b) = decoder.flush().map_err(|e| (i, convert_err(e)))? {
+                        flushed += b.num_rows();
                         batches.push(b);
                     }
                     continue;
                 }
                 bytes = &bytes[n..];
             }
+            ends.push(flushed + decoder.len());
         }
         if let Some(b) = decoder
             .flush()
@@ -83,12 +100,31 @@ impl Converter {
         {
             batches.push(b);
         }
-        match batches.len() {
-            0 => Ok(RecordBatch::new_empty(self.schema.clone())),
-            1 => Ok(batches.pop().expect("one batch")),
-            _ => arrow_select::concat::concat_batches(&self.schema, &batches)
-                .map_err(|e| (pages.len().saturating_sub(1), convert_err(e))),
+        let last = pages.len().saturating_sub(1);
+        let text = match batches.len() {
+            0 => return Ok(RecordBatch::new_empty(self.schema.clone())),
+            1 => batches.pop().expect("one batch"),
+            _ => arrow_select::concat::concat_batches(&self.decode_schema, &batches)
+                .map_err(|e| (last, convert_err(e)))?,
+        };
+        if self.typed.is_empty() {
+            return Ok(text);
         }
+        let mut columns = text.columns().to_vec();
+        for &(i, target) in self.typed.iter() {
+            columns[i] = target.convert(&columns[i]).map_err(|(row, value)| {
+                let page = ends.iter().position(|&end| row < end).unwrap_or(last);
+                (
+                    page,
+                    PageError::Value {
+                        column: self.schema.field(i).name().clone(),
+                        arrow_type: target.data_type().to_string(),
+                        value,
+                    },
+                )
+            })?;
+        }
+        RecordBatch::try_new(self.schema.clone(), columns).map_err(|e| (last, convert_err(e)))
     }
 
     /// Rewrites a page so nested values in JSON text columns become strings.

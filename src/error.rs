@@ -26,7 +26,8 @@ pub enum ExitCode {
     Output = 6,
     /// The dataset changed while it was exported (total or update date moved).
     Inconsistent = 7,
-    /// The schema changed and the dataset's policy is `freeze`.
+    /// The schema changed and the dataset's policy is `freeze`, or a value does
+    /// not fit a type asked for (`--type`, `--schema`).
     SchemaChanged = 8,
     /// `jdop sync`: at least one dataset failed (the others went on).
     SyncPartial = 9,
@@ -183,6 +184,17 @@ pub enum Error {
     #[error("the schema of `{dataset}` changed and its policy is `freeze`: {changes}")]
     SchemaChanged { dataset: String, changes: String },
 
+    #[error("`{dataset}` page {page}: column `{column}` value {value} does not fit {wanted} (from {source_name}); fix the type, or --on-mismatch string keeps the column as text")]
+    TypeMismatch {
+        dataset: String,
+        column: String,
+        page: u64,
+        /// Quoted and shortened for messages.
+        value: String,
+        wanted: String,
+        source_name: String,
+    },
+
     #[error("another jdop run (pid {pid}) is using `{}`", .root.display())]
     Locked { root: PathBuf, pid: String },
 
@@ -208,6 +220,12 @@ pub enum PageError {
         #[source]
         source: arrow_schema::ArrowError,
     },
+    #[error("column `{column}`: value {} does not convert to {arrow_type}", quote_value(.value))]
+    Value {
+        column: String,
+        arrow_type: String,
+        value: String,
+    },
     #[error("spooled page is missing or unreadable: {0}")]
     Spool(#[source] std::io::Error),
 }
@@ -229,7 +247,7 @@ impl Error {
             Error::Page { .. } => ExitCode::Protocol,
             Error::Inconsistent { .. } => ExitCode::Inconsistent,
             Error::Io { .. } | Error::Write { .. } => ExitCode::Output,
-            Error::SchemaChanged { .. } => ExitCode::SchemaChanged,
+            Error::SchemaChanged { .. } | Error::TypeMismatch { .. } => ExitCode::SchemaChanged,
             Error::Locked { .. } => ExitCode::Locked,
             Error::SyncFailed { .. } => ExitCode::SyncPartial,
             Error::Interrupted => ExitCode::Interrupted,
@@ -296,4 +314,14 @@ mod tests {
         );
         assert_eq!(e.exit_code(), ExitCode::Network);
     }
+}
+
+/// A value for a message: JSON-quoted (control characters visible), at most 80 chars.
+pub fn quote_value(v: &str) -> String {
+    let short: String = v.chars().take(80).collect();
+    let mut q = serde_json::to_string(&short).unwrap_or_default();
+    if short.len() < v.len() {
+        q.push('…');
+    }
+    q
 }

@@ -17,6 +17,7 @@ macro_rules! say {
 }
 
 pub mod convert;
+pub mod detect;
 pub mod error;
 pub mod export;
 pub mod fetch;

@@ -21,7 +21,10 @@
 //!    `preserve_order` feature: records are read as ordered entry lists.
 //! 8. Keys are kept exactly (Chinese, mixed case, spaces); two keys that differ only
 //!    by case are two columns.
-//! 9. Strings stay strings: `"01425"` stays `"01425"`, `"5000.00"` stays text.
+//! 9. Strings stay strings in the inference above; typing string columns
+//!    (`"5000.00"` -> Decimal, `"2019-01-29"` -> Date32) is the lossless detection of
+//!    [`crate::detect`], applied by [`Inferrer::finish_with`] over every value of a
+//!    top-level column; `"01425"` stays `"01425"`.
 
 use std::collections::HashMap;
 use std::sync::Arc;
@@ -30,6 +33,7 @@ use arrow_schema::{DataType, Field, Fields, Schema, SchemaRef};
 use serde::Serialize;
 use serde_json::value::RawValue;
 
+use crate::detect::{Detector, Target, TypeSpec};
 use crate::platform::{object_entries, RawRecord};
 
 /// The inferred type of a value or column.
@@ -244,6 +248,8 @@ pub struct ColumnStats {
     pub nulls: u64,
     /// Records in which the value was `""`.
     pub empty: u64,
+    /// The lossless types every value allows.
+    pub detect: Detector,
 }
 
 /// Inference state for a page or a whole dataset.
@@ -269,6 +275,7 @@ impl Inferrer {
             // the type again).
             if self.counted_in[i] == self.rows {
                 self.columns.fields[i].1.merge(Kind::of(raw));
+                self.stats[i].detect.observe_raw(raw.get());
                 continue;
             }
             self.counted_in[i] = self.rows;
@@ -280,6 +287,7 @@ impl Inferrer {
                 "\"\"" => st.empty += 1,
                 _ => {}
             }
+            st.detect.observe_raw(raw.get());
             self.columns.fields[i].1.merge(Kind::of(raw));
         }
     }
@@ -307,6 +315,7 @@ impl Inferrer {
             mine.present += st.present;
             mine.nulls += st.nulls;
             mine.empty += st.empty;
+            mine.detect.merge(&st.detect);
         }
     }
 
@@ -314,19 +323,132 @@ impl Inferrer {
         self.rows
     }
 
+    /// The schema with the default type detection.
     pub fn finish(self) -> InferredSchema {
-        let columns = self
+        self.finish_with(&DetectOptions::default())
+            .expect("no asked types, so no mismatch")
+    }
+
+    /// The schema with detection options and asked types applied. A type asked for
+    /// that some value does not fit is a [`Mismatch`] (unless `on_mismatch` is
+    /// `String`).
+    pub fn finish_with(self, opts: &DetectOptions) -> Result<InferredSchema, Mismatch> {
+        let mut columns: Vec<Column> = self
             .columns
             .fields
             .into_iter()
             .zip(self.stats)
-            .map(|((name, kind), stats)| Column { name, kind, stats })
+            .map(|((name, kind), stats)| Column {
+                name,
+                kind,
+                stats,
+                typed: None,
+                rule: "",
+                fallback: None,
+            })
             .collect();
-        InferredSchema {
+        // Columns a schema file names come first, in its order (absent ones too).
+        if !opts.order.is_empty() {
+            let mut rest: Vec<Option<Column>> = columns.into_iter().map(Some).collect();
+            let mut ordered = Vec::new();
+            for name in &opts.order {
+                match rest
+                    .iter_mut()
+                    .find(|c| c.as_ref().is_some_and(|c| &c.name == name))
+                {
+                    Some(slot) => ordered.push(slot.take().expect("found above")),
+                    None => ordered.push(Column {
+                        name: name.clone(),
+                        kind: Kind::Unknown,
+                        stats: ColumnStats::default(),
+                        typed: None,
+                        rule: "",
+                        fallback: None,
+                    }),
+                }
+            }
+            ordered.extend(rest.into_iter().flatten());
+            columns = ordered;
+        }
+        for c in &mut columns {
+            c.resolve(opts)?;
+        }
+        Ok(InferredSchema {
             columns,
             rows: self.rows,
+        })
+    }
+}
+
+/// How string columns are typed (`--no-detect`, `--type`, `--schema`, ...).
+#[derive(Debug, Clone)]
+pub struct DetectOptions {
+    /// Detect types of text columns (`--no-detect` turns it off).
+    pub detect: bool,
+    /// Empty strings in a typed column become null (else the column stays text).
+    pub empty_as_null: bool,
+    /// Datetimes are Asia/Shanghai time (`Timestamp(ms, "Asia/Shanghai")`).
+    pub shanghai: bool,
+    /// Types asked for, by column: `--type` wins over `--schema`.
+    pub types: Vec<(String, TypeSpec, TypeSource)>,
+    /// Column order of a schema file.
+    pub order: Vec<String>,
+    /// A value that does not fit an asked type: error, or the column stays text.
+    pub on_mismatch: OnMismatch,
+}
+
+impl Default for DetectOptions {
+    fn default() -> Self {
+        DetectOptions {
+            detect: true,
+            empty_as_null: true,
+            shanghai: false,
+            types: Vec::new(),
+            order: Vec::new(),
+            on_mismatch: OnMismatch::Error,
         }
     }
+}
+
+impl DetectOptions {
+    pub fn asked(&self, column: &str) -> Option<&(String, TypeSpec, TypeSource)> {
+        self.types.iter().find(|(c, _, _)| c == column)
+    }
+}
+
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum TypeSource {
+    /// `--type COL=TYPE`
+    Flag,
+    /// `--schema FILE`
+    SchemaFile,
+}
+
+impl TypeSource {
+    fn rule(self) -> &'static str {
+        match self {
+            TypeSource::Flag => "type-flag",
+            TypeSource::SchemaFile => "schema-file",
+        }
+    }
+}
+
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Default)]
+pub enum OnMismatch {
+    #[default]
+    Error,
+    /// The column falls back to text; the manifest says so.
+    String,
+}
+
+/// A column whose values do not all fit the type asked for.
+#[derive(Debug, Clone, PartialEq)]
+pub struct Mismatch {
+    pub column: String,
+    pub spec: TypeSpec,
+    pub source: TypeSource,
+    /// The column holds nested values, which no scalar type fits.
+    pub nested: bool,
 }
 
 #[derive(Debug, Clone)]
@@ -334,6 +456,102 @@ pub struct Column {
     pub name: String,
     pub kind: Kind,
     pub stats: ColumnStats,
+    /// The type text values convert to; `None` keeps the kind's type.
+    pub typed: Option<Target>,
+    /// Why the column has its type (a rule name, see [`crate::detect`]).
+    pub rule: &'static str,
+    /// The type asked for that the values did not fit (`--on-mismatch string`).
+    pub fallback: Option<TypeSpec>,
+}
+
+impl Column {
+    /// The Arrow type of the column in the written files.
+    pub fn data_type(&self) -> DataType {
+        match &self.typed {
+            Some(t) => t.data_type(),
+            None => self.kind.data_type(),
+        }
+    }
+
+    fn kind_rule(&self) -> &'static str {
+        match &self.kind {
+            Kind::Unknown => "all-null",
+            Kind::Bool => "json-bool",
+            Kind::Int => "json-int",
+            Kind::Float => "json-number",
+            Kind::Str => "text",
+            Kind::Json => "shape-conflict",
+            Kind::Struct(s) if s.fields.is_empty() => "shape-conflict",
+            Kind::Struct(_) => "object",
+            Kind::List(_) => "array",
+        }
+    }
+
+    fn is_nested(&self) -> bool {
+        matches!(self.kind, Kind::Struct(_) | Kind::List(_) | Kind::Json)
+    }
+
+    /// Values are decoded as text, then converted (or kept as text).
+    fn as_text(&mut self) {
+        if self.is_nested() {
+            self.kind = Kind::Json;
+        } else {
+            self.kind = Kind::Str;
+        }
+    }
+
+    fn resolve(&mut self, opts: &DetectOptions) -> Result<(), Mismatch> {
+        let det = self.stats.detect;
+        if let Some((_, spec, source)) = opts.asked(&self.name) {
+            let fit = if *spec == TypeSpec::Utf8 {
+                self.as_text();
+                self.rule = source.rule();
+                return Ok(());
+            } else if self.is_nested() || (!opts.empty_as_null && self.stats.empty > 0) {
+                None
+            } else {
+                det.fit(spec, opts.shanghai)
+            };
+            match (fit, opts.on_mismatch) {
+                (Some(t), _) => {
+                    self.as_text();
+                    self.typed = Some(t);
+                    self.rule = source.rule();
+                }
+                (None, OnMismatch::String) => {
+                    self.as_text();
+                    self.rule = "mismatch-fallback";
+                    self.fallback = Some(spec.clone());
+                }
+                (None, OnMismatch::Error) => {
+                    return Err(Mismatch {
+                        column: self.name.clone(),
+                        spec: spec.clone(),
+                        source: *source,
+                        nested: self.is_nested(),
+                    })
+                }
+            }
+            return Ok(());
+        }
+        self.rule = self.kind_rule();
+        if opts.detect && self.kind == Kind::Str {
+            let (t, rule) = det.detect();
+            self.rule = rule;
+            if t.is_some() && !opts.empty_as_null && self.stats.empty > 0 {
+                self.rule = "empty-strings-kept";
+            } else {
+                self.typed = t.map(|t| match t {
+                    Target::Timestamp { format, .. } => Target::Timestamp {
+                        format,
+                        tz: opts.shanghai,
+                    },
+                    t => t,
+                });
+            }
+        }
+        Ok(())
+    }
 }
 
 /// The final schema of a dataset.
@@ -348,7 +566,23 @@ impl InferredSchema {
         Arc::new(Schema::new(
             self.columns
                 .iter()
-                .map(|c| Field::new(&c.name, c.kind.data_type(), true))
+                .map(|c| Field::new(&c.name, c.data_type(), true))
+                .collect::<Vec<_>>(),
+        ))
+    }
+
+    /// The schema arrow-json decodes into: typed columns are read as text first.
+    pub fn decode_schema(&self) -> SchemaRef {
+        Arc::new(Schema::new(
+            self.columns
+                .iter()
+                .map(|c| {
+                    let t = match c.typed {
+                        Some(_) => DataType::Utf8,
+                        None => c.kind.data_type(),
+                    };
+                    Field::new(&c.name, t, true)
+                })
                 .collect::<Vec<_>>(),
         ))
     }
@@ -363,7 +597,9 @@ impl InferredSchema {
             .iter()
             .map(|c| ColumnInfo {
                 name: c.name.clone(),
-                arrow_type: c.kind.data_type().to_string(),
+                arrow_type: c.data_type().to_string(),
+                rule: c.rule.to_string(),
+                format: c.typed.and_then(|t| t.format()),
                 json_text: c.kind.is_json_text(),
                 json_types: c
                     .stats
@@ -375,6 +611,8 @@ impl InferredSchema {
                 missing: self.rows.saturating_sub(c.stats.present),
                 nulls: c.stats.nulls,
                 empty_strings: c.stats.empty,
+                empty_as_null: if c.typed.is_some() { c.stats.empty } else { 0 },
+                asked_type: c.fallback.as_ref().map(|s| format!("{s:?}")),
             })
             .collect()
     }
@@ -471,12 +709,24 @@ impl SchemaChanges {
 pub struct ColumnInfo {
     pub name: String,
     pub arrow_type: String,
+    /// Why the column has this type (see `jdop::detect`): `decimal-text`, `text`, ...
+    #[serde(default)]
+    pub rule: String,
+    /// The shape of a typed date/time column's values (`yyyy-MM-dd`, `epoch_ms`).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub format: Option<String>,
     /// Nested values are stored as JSON text (shape conflict).
     pub json_text: bool,
     pub json_types: Vec<String>,
     pub missing: u64,
     pub nulls: u64,
     pub empty_strings: u64,
+    /// Empty strings written as null (typed columns).
+    #[serde(default)]
+    pub empty_as_null: u64,
+    /// The type asked for that some value did not fit (the column stayed text).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub asked_type: Option<String>,
 }
 
 #[cfg(test)]

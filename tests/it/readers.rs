@@ -43,12 +43,14 @@ fn check(env: &Env, out: &str, spec: &DatasetSpec) {
                 None | Some("null") => serde_json::Value::Null,
                 Some(r) => {
                     let v: serde_json::Value = serde_json::from_str(r).unwrap();
-                    if c.arrow_type == "Utf8" && !v.is_string() {
-                        serde_json::Value::String(r.to_string())
-                    } else if c.arrow_type == "Float64" {
-                        serde_json::json!(v.as_f64().unwrap())
-                    } else {
-                        v
+                    // Detected types: the text's value (see tests/it/typed.rs).
+                    let text = v.as_str().map(str::to_string).unwrap_or(r.to_string());
+                    match c.arrow_type.as_str() {
+                        "Utf8" => serde_json::Value::String(text),
+                        "Float64" => serde_json::json!(text.parse::<f64>().unwrap()),
+                        "Int64" => serde_json::json!(text.parse::<i64>().unwrap()),
+                        "Boolean" => serde_json::json!(text == "true"),
+                        _ => v,
                     }
                 }
             };
