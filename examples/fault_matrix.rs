@@ -113,7 +113,9 @@ fn config(sim: &Simulator, out: &Path) -> jdop::ExportConfig {
             ..ClientConfig::default()
         },
         rows_per_file: None,
-        csv_bom: false,
+        csv: Default::default(),
+        detect: Default::default(),
+        partition_by: None,
         parquet: ParquetOptions::default(),
         allow_inconsistent: false,
         previous_columns: None,

@@ -7,12 +7,14 @@ use std::time::Duration;
 
 use clap::{Args, Parser, Subcommand, ValueEnum};
 
+use jdop::detect::TypeSpec;
 use jdop::error::{Error, Result};
 use jdop::export::ExportConfig;
 use jdop::fetch::{Limits, RetryPolicy};
 use jdop::platform::{ClientConfig, Method, Secret, Target, MAX_PAGE_SIZE};
+use jdop::schema::{DetectOptions, OnMismatch, TypeSource};
 use jdop::sim::{DatasetSpec, FailMode, Oversize, PastEnd, SimConfig, Throttle};
-use jdop::sink::{Format, ParquetOptions};
+use jdop::sink::{CsvEncoding, CsvOptions, Format, ParquetOptions};
 
 pub const EXIT_CODES: &str = "\
 Exit codes:
@@ -69,6 +71,26 @@ pub enum Command {
 pub enum FormatArg {
     Parquet,
     Csv,
+}
+
+#[derive(Debug, Clone, Copy, ValueEnum)]
+pub enum CsvEncodingArg {
+    Utf8,
+    #[value(name = "utf8-bom")]
+    Utf8Bom,
+    Gb18030,
+}
+
+#[derive(Debug, Clone, Copy, ValueEnum)]
+pub enum LineEndingArg {
+    Crlf,
+    Lf,
+}
+
+#[derive(Debug, Clone, Copy, ValueEnum)]
+pub enum OnMismatchArg {
+    Error,
+    String,
 }
 
 #[derive(Debug, Clone, Copy, ValueEnum)]
@@ -160,8 +182,50 @@ pub struct OutputArgs {
     pub rows_per_file: Option<u64>,
 
     /// Start CSV files with a UTF-8 BOM so Excel shows Chinese correctly
+    /// (the same as --csv-encoding utf8-bom)
     #[arg(long)]
     pub csv_bom: bool,
+
+    /// Text encoding of CSV files (gb18030 for older Excel on Chinese Windows)
+    #[arg(long, value_enum, default_value = "utf8", value_name = "ENCODING")]
+    pub csv_encoding: CsvEncodingArg,
+
+    /// Line ending of CSV files
+    #[arg(long, value_enum, default_value = "crlf")]
+    pub csv_line_ending: LineEndingArg,
+
+    /// Keep every text column as text (no Int64/Decimal/Date/Timestamp detection)
+    #[arg(long)]
+    pub no_detect: bool,
+
+    /// The type of a column, checked against every value (repeatable):
+    /// COL=string|int64|float64|bool|decimal|decimal(P,S)|date|date:yyyyMMdd|timestamp|epoch_ms
+    #[arg(long = "type", value_name = "COL=TYPE")]
+    pub types: Vec<String>,
+
+    /// Empty strings in a typed column become null; with =false such a column stays text
+    #[arg(long, default_value_t = true, action = clap::ArgAction::Set, num_args = 0..=1,
+          default_missing_value = "true", value_name = "BOOL")]
+    pub empty_as_null: bool,
+
+    /// Read datetime text as this zone's local time: Asia/Shanghai gives
+    /// Timestamp(ms, "Asia/Shanghai"); default: timestamps without a time zone
+    #[arg(long, value_name = "ZONE", value_parser = ["Asia/Shanghai", "none"])]
+    pub timezone: Option<String>,
+
+    /// Pin column types from a file: a previous snapshot's manifest.json, or a JSON
+    /// object {"COL": "TYPE", ...}; --type wins over it
+    #[arg(long, value_name = "FILE")]
+    pub schema: Option<PathBuf>,
+
+    /// A value that does not fit a pinned type (--type, --schema): fail, or keep the
+    /// column as text (the manifest says so)
+    #[arg(long, value_enum, default_value = "error")]
+    pub on_mismatch: OnMismatchArg,
+
+    /// Hive-partition the files by this column: COL=value/part-00000.parquet
+    #[arg(long, value_name = "COLUMN")]
+    pub partition_by: Option<String>,
 
     /// zstd level for Parquet (1 = fastest, up to 22)
     #[arg(long, default_value_t = 1, value_parser = clap::value_parser!(i32).range(1..=22))]
@@ -452,6 +516,51 @@ impl OutputArgs {
         }
     }
 
+    /// Type detection settings: flags, then the schema file under them.
+    pub fn detect(&self) -> Result<DetectOptions> {
+        let mut opts = DetectOptions {
+            detect: !self.no_detect,
+            empty_as_null: self.empty_as_null,
+            shanghai: self.timezone.as_deref() == Some("Asia/Shanghai"),
+            on_mismatch: match self.on_mismatch {
+                OnMismatchArg::Error => OnMismatch::Error,
+                OnMismatchArg::String => OnMismatch::String,
+            },
+            ..DetectOptions::default()
+        };
+        for t in &self.types {
+            let (col, ty) = t.split_once('=').ok_or_else(|| {
+                Error::usage(format!(
+                    "--type `{t}`: expected COL=TYPE, e.g. 金额=decimal"
+                ))
+            })?;
+            let spec =
+                TypeSpec::parse(ty).map_err(|e| Error::usage(format!("--type `{t}`: {e}")))?;
+            opts.types.push((col.to_string(), spec, TypeSource::Flag));
+        }
+        if let Some(path) = &self.schema {
+            let file = jdop::schema::SchemaFile::load(path)?;
+            for (col, spec) in file.types {
+                if opts.asked(&col).is_none() {
+                    opts.types.push((col, spec, TypeSource::SchemaFile));
+                }
+            }
+            opts.order = file.order;
+        }
+        Ok(opts)
+    }
+
+    pub fn csv(&self) -> CsvOptions {
+        CsvOptions {
+            encoding: match (self.csv_encoding, self.csv_bom) {
+                (CsvEncodingArg::Gb18030, _) => CsvEncoding::Gb18030,
+                (CsvEncodingArg::Utf8Bom, _) | (_, true) => CsvEncoding::Utf8Bom,
+                (CsvEncodingArg::Utf8, false) => CsvEncoding::Utf8,
+            },
+            crlf: matches!(self.csv_line_ending, LineEndingArg::Crlf),
+        }
+    }
+
     /// Settings for an export of `target` into `out`.
     pub fn settings(
         &self,
@@ -460,8 +569,11 @@ impl OutputArgs {
         out: PathBuf,
         client: ClientConfig,
         retry: RetryPolicy,
-    ) -> ExportConfig {
-        ExportConfig {
+    ) -> Result<ExportConfig> {
+        if self.partition_by.as_deref() == Some("") {
+            return Err(Error::usage("--partition-by needs a column name"));
+        }
+        Ok(ExportConfig {
             target,
             secret,
             out,
@@ -478,7 +590,7 @@ impl OutputArgs {
             },
             client,
             rows_per_file: self.rows_per_file,
-            csv_bom: self.csv_bom,
+            csv: self.csv(),
             parquet: ParquetOptions {
                 zstd_level: self.zstd_level,
                 ..ParquetOptions::default()
@@ -489,7 +601,9 @@ impl OutputArgs {
             consistency_retries: self.consistency_retries,
             key: self.key.clone(),
             staging: None,
-        }
+            detect: self.detect()?,
+            partition_by: self.partition_by.clone(),
+        })
     }
 }
 
@@ -497,13 +611,13 @@ impl ExportArgs {
     pub fn settings(&self) -> Result<ExportConfig> {
         let target = self.conn.target()?;
         let secret = self.conn.secret()?;
-        Ok(self.output.settings(
+        self.output.settings(
             target,
             secret,
             self.out.clone(),
             self.conn.client()?,
             self.conn.retry(),
-        ))
+        )
     }
 }
 

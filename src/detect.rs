@@ -818,12 +818,17 @@ impl Target {
                 }
             }
             Target::Date(f) => DateFmt::Dash.format(f.parse(s)?, out),
-            Target::Timestamp { format, .. } => TsFmt {
-                slash: false,
-                t: false,
-                ..format
+            Target::Timestamp { format, tz } => {
+                TsFmt {
+                    slash: false,
+                    t: false,
+                    ..format
+                }
+                .format(format.parse(s)?, out);
+                if tz {
+                    out.push_str("+08:00");
+                }
             }
-            .format(format.parse(s)?, out),
             Target::EpochMs { tz } => {
                 let ms: i64 = s.parse().ok()?;
                 let shift = if tz { SHANGHAI_OFFSET_MS } else { 0 };
@@ -833,6 +838,62 @@ impl Target {
         }
         Some(())
     }
+}
+
+/// The canonical text of row `i` of a written column (partition folder names):
+/// the same text [`Target::canonical`] gives for the value's original text.
+/// `None` for null; nested columns are not supported (`None`).
+pub fn value_text(array: &dyn Array, i: usize, target: Option<Target>) -> Option<String> {
+    use arrow_array::types::*;
+    if array.is_null(i) {
+        return None;
+    }
+    let mut out = String::new();
+    match array.data_type() {
+        DataType::Utf8 => out.push_str(array.as_string::<i32>().value(i)),
+        DataType::Int64 => out = array.as_primitive::<Int64Type>().value(i).to_string(),
+        DataType::Float64 => out = format!("{}", array.as_primitive::<Float64Type>().value(i)),
+        DataType::Boolean => out = array.as_boolean().value(i).to_string(),
+        DataType::Decimal128(_, scale) => {
+            let v = array.as_primitive::<Decimal128Type>().value(i);
+            let d = 10i128.pow(*scale as u32);
+            let sign = if v < 0 { "-" } else { "" };
+            let (ip, fp) = (v.unsigned_abs() / d as u128, v.unsigned_abs() % d as u128);
+            out = if *scale > 0 {
+                format!("{sign}{ip}.{fp:0w$}", w = *scale as usize)
+            } else {
+                format!("{sign}{ip}")
+            };
+        }
+        DataType::Date32 => {
+            let days = array.as_primitive::<Date32Type>().value(i);
+            let d = NaiveDate::from_num_days_from_ce_opt(days + EPOCH_DAYS_FROM_CE as i32)?;
+            DateFmt::Dash.format(d, &mut out);
+        }
+        DataType::Timestamp(TimeUnit::Millisecond, _) => {
+            let ms = array.as_primitive::<TimestampMillisecondType>().value(i);
+            match target? {
+                Target::Timestamp { format, tz } => {
+                    let shift = if tz { SHANGHAI_OFFSET_MS } else { 0 };
+                    TsFmt {
+                        slash: false,
+                        t: false,
+                        ..format
+                    }
+                    .format(ms + shift, &mut out);
+                    if tz {
+                        out.push_str("+08:00");
+                    }
+                }
+                t @ Target::EpochMs { .. } => {
+                    t.canonical(&ms.to_string(), &mut out)?;
+                }
+                _ => return None,
+            }
+        }
+        _ => return None,
+    }
+    Some(out)
 }
 
 /// `s` (a canonical decimal) as an integer scaled to `scale` fraction digits.

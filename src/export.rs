@@ -11,6 +11,7 @@ use chrono::{SecondsFormat, Utc};
 use rayon::prelude::*;
 
 use crate::convert::Converter;
+use crate::detect::{self, value_text, Detector};
 use crate::error::{Error, Op, Result};
 use crate::fetch::{self, Counters, Limits};
 use crate::manifest::{Manifest, SpoolState, Staging, MANIFEST_VERSION};
@@ -18,8 +19,10 @@ use crate::platform::{
     parse_total, split_records, Client, ClientConfig, Secret, Target, UpdateDate,
 };
 use crate::progress::Reporter;
-use crate::schema::{InferredSchema, SchemaChanges, SchemaPolicy};
-use crate::sink::{CsvSink, FileEntry, Format, ParquetOptions, ParquetSink};
+use crate::schema::{DetectOptions, InferredSchema, Kind, Mismatch, SchemaChanges, SchemaPolicy};
+use crate::sink::{
+    cell_text, hive, CsvOptions, CsvSink, FileEntry, Format, ParquetOptions, ParquetSink,
+};
 use crate::spool::Spool;
 
 /// Everything one export needs; built from the CLI or by library users.
@@ -33,8 +36,8 @@ pub struct ExportConfig {
     pub client: ClientConfig,
     /// Split the data into files of at most this many rows.
     pub rows_per_file: Option<u64>,
-    /// Start CSV files with a UTF-8 BOM (Excel).
-    pub csv_bom: bool,
+    /// CSV encoding and line ending.
+    pub csv: CsvOptions,
     pub parquet: ParquetOptions,
     /// Publish even when the total or update date moved during the export.
     pub allow_inconsistent: bool,
@@ -48,6 +51,10 @@ pub struct ExportConfig {
     pub key: Option<String>,
     /// Where to stage (default: `.<name>.jdop-staging` next to `out`).
     pub staging: Option<PathBuf>,
+    /// Type detection and asked types.
+    pub detect: DetectOptions,
+    /// Hive-partition the files by this column.
+    pub partition_by: Option<String>,
 }
 
 /// The result of a successful export.
@@ -169,8 +176,45 @@ pub async fn export(cfg: &ExportConfig, reporter: Arc<dyn Reporter>) -> Result<S
         }
     }
 
-    let schema = fetched.inferrer.finish();
+    let schema = match fetched.inferrer.finish_with(&cfg.detect) {
+        Ok(s) => s,
+        Err(m) => {
+            let (spool, ds, empty_ok) = (spool.clone(), dataset.clone(), cfg.detect.empty_as_null);
+            return Err(
+                fetch::on_rayon(move || mismatch_error(&spool, &ds, pages, m, empty_ok)).await?,
+            );
+        }
+    };
+    for c in &schema.columns {
+        if let Some(spec) = &c.fallback {
+            rep.warn(&format!(
+                "`{dataset}`: column `{}` does not fit {spec:?}; kept as text (--on-mismatch string)",
+                c.name
+            ));
+        }
+    }
     let rows = schema.rows;
+    if let Some(col) = &cfg.partition_by {
+        match schema.columns.iter().find(|c| &c.name == col) {
+            None if rows > 0 => {
+                return Err(Error::usage(format!(
+                    "--partition-by `{col}`: `{dataset}` has no such column (columns: {})",
+                    schema
+                        .columns
+                        .iter()
+                        .map(|c| c.name.as_str())
+                        .collect::<Vec<_>>()
+                        .join(", ")
+                )))
+            }
+            Some(c) if matches!(c.kind, Kind::Struct(_) | Kind::List(_)) => {
+                return Err(Error::usage(format!(
+                    "--partition-by `{col}`: a nested column cannot name a folder"
+                )))
+            }
+            _ => {}
+        }
+    }
     let keys = match &cfg.key {
         Some(column) => {
             if !schema.columns.iter().any(|c| &c.name == column) && rows > 0 {
@@ -214,11 +258,15 @@ pub async fn export(cfg: &ExportConfig, reporter: Arc<dyn Reporter>) -> Result<S
             other => other.to_string(),
         },
     ));
+    parquet
+        .metadata
+        .push(("jdop.snapshot_time".into(), snapshot_time(started_at)));
     let job = WriteJob {
         dataset: dataset.clone(),
         format: cfg.format,
         rows_per_file: cfg.rows_per_file,
-        csv_bom: cfg.csv_bom,
+        csv: cfg.csv,
+        partition_by: cfg.partition_by.clone().filter(|_| rows > 0),
         parquet,
         schema: schema.clone(),
         pages,
@@ -264,11 +312,165 @@ pub async fn export(cfg: &ExportConfig, reporter: Arc<dyn Reporter>) -> Result<S
         columns,
         schema_changes,
         keys,
+        partition_by: cfg.partition_by.clone(),
     };
     manifest.write(&staging.snapshot())?;
+    if !manifest.files.is_empty() {
+        let sql = query_sql(
+            &manifest,
+            &schema,
+            &final_path(&cfg.out),
+            cfg.partition_by.as_deref(),
+        );
+        let path = staging.snapshot().join(QUERY_FILE);
+        std::fs::write(&path, sql).map_err(|e| Error::io("write", &path, e))?;
+    }
     let out = staging.publish()?;
     rep.finish();
     Ok(Summary { out, manifest })
+}
+
+/// The analyst hand-off next to the manifest: a DuckDB view over the files.
+pub const QUERY_FILE: &str = "query.sql";
+
+/// The time written into each Parquet file (`jdop.snapshot_time`): the export's
+/// start, or `SOURCE_DATE_EPOCH` (seconds) when set, for byte-identical rebuilds.
+fn snapshot_time(started_at: chrono::DateTime<Utc>) -> String {
+    let t = std::env::var("SOURCE_DATE_EPOCH")
+        .ok()
+        .and_then(|s| s.trim().parse::<i64>().ok())
+        .and_then(|secs| chrono::DateTime::from_timestamp(secs, 0))
+        .unwrap_or(started_at);
+    t.to_rfc3339_opts(SecondsFormat::Millis, true)
+}
+
+/// `out` as an absolute path (where the snapshot is published).
+fn final_path(out: &std::path::Path) -> PathBuf {
+    std::path::absolute(out).unwrap_or_else(|_| out.to_path_buf())
+}
+
+/// The DuckDB type of a written column.
+pub fn duckdb_type(t: &arrow_schema::DataType) -> String {
+    use arrow_schema::DataType as D;
+    match t {
+        D::Utf8 => "VARCHAR".into(),
+        D::Int64 => "BIGINT".into(),
+        D::Float64 => "DOUBLE".into(),
+        D::Boolean => "BOOLEAN".into(),
+        D::Decimal128(p, s) => format!("DECIMAL({p},{s})"),
+        D::Date32 => "DATE".into(),
+        D::Timestamp(_, None) => "TIMESTAMP".into(),
+        D::Timestamp(_, Some(_)) => "TIMESTAMPTZ".into(),
+        _ => "VARCHAR".into(),
+    }
+}
+
+fn sql_str(s: &str) -> String {
+    format!("'{}'", s.replace('\'', "''"))
+}
+
+/// A `CREATE VIEW` over the snapshot's files, with the types DuckDB must not guess.
+fn query_sql(
+    m: &Manifest,
+    schema: &InferredSchema,
+    out: &std::path::Path,
+    part: Option<&str>,
+) -> String {
+    let dir = out.to_string_lossy().replace('\\', "/");
+    let glob = if part.is_some() { "**/*" } else { "*" };
+    let files = sql_str(&format!("{dir}/{glob}.{}", m.format.extension()));
+    let mut opts = Vec::new();
+    if let Some(col) = part {
+        let ty = schema
+            .columns
+            .iter()
+            .find(|c| c.name == col)
+            .map(|c| duckdb_type(&c.data_type()))
+            .unwrap_or_else(|| "VARCHAR".into());
+        opts.push("hive_partitioning = true".to_string());
+        opts.push(format!("hive_types = {{{}: '{ty}'}}", sql_str(col)));
+    }
+    let reader = match m.format {
+        Format::Parquet => "read_parquet",
+        Format::Csv => {
+            let cols: Vec<String> = schema
+                .columns
+                .iter()
+                .filter(|c| Some(c.name.as_str()) != part)
+                .map(|c| format!("{}: '{}'", sql_str(&c.name), duckdb_type(&c.data_type())))
+                .collect();
+            opts.push("header = true".into());
+            opts.push("auto_detect = false".into());
+            opts.push(format!("columns = {{{}}}", cols.join(", ")));
+            "read_csv"
+        }
+    };
+    let args = std::iter::once(files)
+        .chain(opts)
+        .collect::<Vec<_>>()
+        .join(",\n    ");
+    format!(
+        "-- {dataset} (update date {date}), {rows} rows: a DuckDB view over this snapshot.\n\
+         -- duckdb -init query.sql, or in DuckDB: .read query.sql; then SELECT * FROM \"{dataset}\";\n\
+         -- Written by jdop {version}; the path is where the snapshot was published.\n\
+         CREATE OR REPLACE VIEW \"{dataset}\" AS\nSELECT * FROM {reader}(\n    {args}\n);\n",
+        dataset = m.dataset,
+        date = m.update_date.iso.as_deref().unwrap_or("unknown"),
+        rows = m.rows,
+        version = m.jdop_version,
+    )
+}
+
+/// The first value (page order) that does not fit the type asked for.
+fn mismatch_error(spool: &Spool, dataset: &str, pages: u64, m: Mismatch, empty_ok: bool) -> Error {
+    let source_name = match m.source {
+        crate::schema::TypeSource::Flag => "--type",
+        crate::schema::TypeSource::SchemaFile => "--schema",
+    }
+    .to_string();
+    let wanted = format!("{:?}", m.spec);
+    let err = |page: u64, value: String| Error::TypeMismatch {
+        dataset: dataset.to_string(),
+        column: m.column.clone(),
+        page,
+        value,
+        wanted: wanted.clone(),
+        source_name: source_name.clone(),
+    };
+    let mut text = String::new();
+    for page in 1..=pages {
+        let Ok(body) = spool.read_page(page) else {
+            continue;
+        };
+        let Ok(records) = split_records(&body) else {
+            continue;
+        };
+        for rec in &records {
+            for (k, v) in rec {
+                if k.as_ref() != m.column {
+                    continue;
+                }
+                let raw = v.get();
+                let bad = match raw.as_bytes().first() {
+                    Some(b'n') => false,
+                    Some(b'{') | Some(b'[') => true,
+                    _ if raw == "\"\"" => !empty_ok,
+                    _ => {
+                        text.clear();
+                        cell_text(raw, &mut text).is_err() || !Detector::value_fits(&text, &m.spec)
+                    }
+                };
+                if bad {
+                    return err(page, crate::error::quote_value(raw));
+                }
+            }
+        }
+    }
+    // Every value fits on its own, but not together (two date shapes, ...).
+    err(
+        0,
+        "(every value fits alone, but they mix shapes or scales)".into(),
+    )
 }
 
 /// Fetches the total and the update date (in that order).
@@ -354,7 +556,8 @@ struct WriteJob {
     dataset: String,
     format: Format,
     rows_per_file: Option<u64>,
-    csv_bom: bool,
+    csv: CsvOptions,
+    partition_by: Option<String>,
     parquet: ParquetOptions,
     schema: InferredSchema,
     pages: u64,
@@ -393,13 +596,16 @@ impl WriteJob {
 
     fn parquet(self) -> Result<Vec<FileEntry>> {
         let conv = Converter::new(&self.schema);
-        let mut sink = ParquetSink::new(
-            self.dir.clone(),
-            conv.schema().clone(),
-            self.rows_per_file,
-            &self.parquet,
-            &self.dataset,
-        )?;
+        let mut sink = match &self.partition_by {
+            None => ParquetOut::Single(ParquetSink::new(
+                self.dir.clone(),
+                conv.schema().clone(),
+                self.rows_per_file,
+                &self.parquet,
+                &self.dataset,
+            )?),
+            Some(col) => ParquetOut::Partitioned(Partitions::new(&self, conv.schema(), col)),
+        };
         let page_nums: Vec<u64> = (1..=self.pages).collect();
         let window = PAGES_PER_BATCH * rayon::current_num_threads().max(1) * 2;
         for chunk in page_nums.chunks(window) {
@@ -430,14 +636,27 @@ impl WriteJob {
     }
 
     fn csv(self) -> Result<Vec<FileEntry>> {
-        let header = self.schema.columns.iter().map(|c| c.name.clone()).collect();
-        let mut sink = CsvSink::new(
-            self.dir.clone(),
-            header,
-            self.csv_bom,
-            self.rows_per_file,
-            &self.dataset,
-        );
+        let (header, targets): (Vec<String>, Vec<Option<detect::Target>>) = self
+            .schema
+            .columns
+            .iter()
+            .filter(|c| Some(&c.name) != self.partition_by.as_ref())
+            .map(|c| (c.name.clone(), c.typed))
+            .unzip();
+        let new_sink = || {
+            CsvSink::new(
+                self.dir.clone(),
+                header.clone(),
+                targets.clone(),
+                self.csv,
+                self.rows_per_file,
+                &self.dataset,
+            )
+        };
+        if let Some(col) = &self.partition_by {
+            return self.csv_partitioned(col, new_sink);
+        }
+        let mut sink = new_sink();
         for page in 1..=self.pages {
             let text = self.read(page)?;
             let page_err = |source| Error::Page {
@@ -457,6 +676,211 @@ impl WriteJob {
             self.reporter.on_written(records.len() as u64);
         }
         sink.close()
+    }
+
+    /// CSV files in one folder per value of `col` (its canonical text).
+    fn csv_partitioned(&self, col: &str, new_sink: impl Fn() -> CsvSink) -> Result<Vec<FileEntry>> {
+        let column = self.schema.columns.iter().find(|c| c.name == col);
+        let target = column.and_then(|c| c.typed);
+        let float = column.is_some_and(|c| c.kind == Kind::Float);
+        let mut sinks: Vec<CsvSink> = Vec::new();
+        let mut index: std::collections::HashMap<Option<String>, usize> = Default::default();
+        let mut text = String::new();
+        let mut canon = String::new();
+        for page in 1..=self.pages {
+            let body = self.read(page)?;
+            let page_err = |source| Error::Page {
+                dataset: self.dataset.clone(),
+                page,
+                source: Box::new(source),
+            };
+            let records = split_records(&body).map_err(page_err)?;
+            for rec in &records {
+                let mut key: Option<String> = None;
+                for (k, v) in rec {
+                    if k.as_ref() == col {
+                        text.clear();
+                        cell_text(v.get(), &mut text).map_err(page_err)?;
+                        key = match (v.get(), target) {
+                            ("null", _) => None,
+                            (_, Some(_)) if text.is_empty() => None,
+                            (_, Some(t)) => {
+                                canon.clear();
+                                t.canonical(&text, &mut canon).map(|_| canon.clone())
+                            }
+                            (_, None) if float => text.parse::<f64>().ok().map(|f| format!("{f}")),
+                            _ => Some(text.clone()),
+                        };
+                    }
+                }
+                let i = match index.get(&key) {
+                    Some(&i) => i,
+                    None => {
+                        if sinks.len() >= MAX_PARTITIONS {
+                            return Err(too_many_partitions(&self.dataset, col));
+                        }
+                        let sub = hive::partition_dir(col, key.as_deref());
+                        sinks.push(new_sink().in_subdir(&sub)?);
+                        index.insert(key, sinks.len() - 1);
+                        sinks.len() - 1
+                    }
+                };
+                sinks[i].write_record(rec).map_err(|e| match e {
+                    crate::sink::WriteOrPage::Write(e) => e,
+                    crate::sink::WriteOrPage::Page(source) => page_err(source),
+                })?;
+            }
+            self.reporter.on_written(records.len() as u64);
+        }
+        let mut files = Vec::new();
+        for s in sinks {
+            files.extend(s.close()?);
+        }
+        files.sort_by(|a, b| a.path.cmp(&b.path));
+        Ok(files)
+    }
+}
+
+/// Distinct values of a `--partition-by` column at most (each is an open file).
+pub const MAX_PARTITIONS: usize = 1000;
+
+/// Bytes of row groups being built across partitions before the largest is flushed.
+const PARTITION_BUFFER_BYTES: usize = 256 << 20;
+
+fn too_many_partitions(dataset: &str, col: &str) -> Error {
+    Error::usage(format!(
+        "--partition-by `{col}`: `{dataset}` has more than {MAX_PARTITIONS} distinct values; \
+         partition by a column with fewer values"
+    ))
+}
+
+enum ParquetOut {
+    Single(ParquetSink),
+    Partitioned(Partitions),
+}
+
+impl ParquetOut {
+    fn write(&mut self, b: &RecordBatch) -> Result<()> {
+        match self {
+            ParquetOut::Single(s) => s.write(b),
+            ParquetOut::Partitioned(p) => p.write(b),
+        }
+    }
+
+    fn close(self) -> Result<Vec<FileEntry>> {
+        match self {
+            ParquetOut::Single(s) => s.close(),
+            ParquetOut::Partitioned(p) => p.close(),
+        }
+    }
+}
+
+/// One Parquet writer per value of the partition column, which the files leave
+/// out (the folder names hold it), so every file has the same schema.
+struct Partitions {
+    dir: PathBuf,
+    column: String,
+    col: usize,
+    target: Option<detect::Target>,
+    file_schema: arrow_schema::SchemaRef,
+    keep: Vec<usize>,
+    opts: ParquetOptions,
+    rows_per_file: Option<u64>,
+    dataset: String,
+    sinks: Vec<ParquetSink>,
+    index: std::collections::HashMap<Option<String>, usize>,
+}
+
+impl Partitions {
+    fn new(job: &WriteJob, schema: &arrow_schema::SchemaRef, column: &str) -> Partitions {
+        let col = schema.index_of(column).expect("checked before writing");
+        let keep: Vec<usize> = (0..schema.fields().len()).filter(|&i| i != col).collect();
+        let file_schema = Arc::new(schema.project(&keep).expect("indices in range"));
+        Partitions {
+            dir: job.dir.clone(),
+            column: column.to_string(),
+            col,
+            target: job.schema.columns[col].typed,
+            file_schema,
+            keep,
+            opts: job.parquet.clone(),
+            rows_per_file: job.rows_per_file,
+            dataset: job.dataset.clone(),
+            sinks: Vec::new(),
+            index: Default::default(),
+        }
+    }
+
+    fn write(&mut self, b: &RecordBatch) -> Result<()> {
+        let part = b.column(self.col);
+        let mut groups: Vec<(Option<String>, Vec<u32>)> = Vec::new();
+        let mut seen: std::collections::HashMap<Option<String>, usize> = Default::default();
+        for row in 0..b.num_rows() {
+            let key = value_text(part.as_ref(), row, self.target);
+            let g = *seen.entry(key.clone()).or_insert_with(|| {
+                groups.push((key, Vec::new()));
+                groups.len() - 1
+            });
+            groups[g].1.push(row as u32);
+        }
+        let rest = b.project(&self.keep).map_err(|e| self.err(e))?;
+        for (key, rows) in groups {
+            let idx = arrow_array::UInt32Array::from(rows);
+            let sub =
+                arrow_select::take::take_record_batch(&rest, &idx).map_err(|e| self.err(e))?;
+            let i = match self.index.get(&key) {
+                Some(&i) => i,
+                None => {
+                    if self.sinks.len() >= MAX_PARTITIONS {
+                        return Err(too_many_partitions(&self.dataset, &self.column));
+                    }
+                    let sub_dir = hive::partition_dir(&self.column, key.as_deref());
+                    let sink = ParquetSink::new(
+                        self.dir.clone(),
+                        self.file_schema.clone(),
+                        self.rows_per_file,
+                        &self.opts,
+                        &self.dataset,
+                    )?
+                    .in_subdir(&sub_dir)?;
+                    self.sinks.push(sink);
+                    self.index.insert(key, self.sinks.len() - 1);
+                    self.sinks.len() - 1
+                }
+            };
+            self.sinks[i].write(&sub)?;
+        }
+        // Bound memory: flush the biggest row groups being built.
+        let mut total: usize = self.sinks.iter().map(|s| s.in_progress_bytes()).sum();
+        while total > PARTITION_BUFFER_BYTES {
+            let (i, bytes) = self
+                .sinks
+                .iter()
+                .map(|s| s.in_progress_bytes())
+                .enumerate()
+                .max_by_key(|&(i, b)| (b, std::cmp::Reverse(i)))
+                .expect("some sink");
+            self.sinks[i].flush()?;
+            total -= bytes;
+        }
+        Ok(())
+    }
+
+    fn err(&self, e: arrow_schema::ArrowError) -> Error {
+        Error::Write {
+            dataset: self.dataset.clone(),
+            what: format!("partitions by `{}`", self.column),
+            source: Box::new(e),
+        }
+    }
+
+    fn close(self) -> Result<Vec<FileEntry>> {
+        let mut files = Vec::new();
+        for s in self.sinks {
+            files.extend(s.close()?);
+        }
+        files.sort_by(|a, b| a.path.cmp(&b.path));
+        Ok(files)
     }
 }
 

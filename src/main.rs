@@ -265,7 +265,7 @@ async fn demo(args: DemoArgs) -> Result<()> {
         args.out.clone(),
         jdop::platform::ClientConfig::default(),
         jdop::fetch::RetryPolicy::default(),
-    );
+    )?;
     let reporter: Arc<dyn Reporter> = Arc::from(progress::for_stderr(args.output.quiet));
     let result = jdop::export(&settings, reporter.clone()).await;
     reporter.finish();

@@ -58,6 +58,9 @@ pub struct Manifest {
     /// Repeated values of the `--key` column.
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub keys: Option<crate::keys::KeyReport>,
+    /// The files are in Hive folders `COLUMN=value/` (the column is not in them).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub partition_by: Option<String>,
 }
 
 fn one() -> u32 {
@@ -318,7 +321,7 @@ fn replaceable(out: &Path) -> std::result::Result<(), String> {
         .files
         .iter()
         .map(|f| f.path.split('/').next().unwrap_or(""))
-        .chain([MANIFEST_FILE])
+        .chain([MANIFEST_FILE, crate::export::QUERY_FILE])
         .collect();
     match entries.iter().find(|e| !listed.contains(e.as_str())) {
         Some(extra) => Err(format!(
@@ -445,6 +448,7 @@ mod tests {
             columns: vec![],
             schema_changes: None,
             keys: None,
+            partition_by: None,
         }
     }
 

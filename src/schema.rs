@@ -618,6 +618,49 @@ impl InferredSchema {
     }
 }
 
+/// Column types pinned by a file (`--schema FILE`): a previous snapshot's
+/// `manifest.json` (its `columns`), or a JSON object `{"COL": "TYPE", ...}`.
+#[derive(Debug, Clone, Default)]
+pub struct SchemaFile {
+    pub types: Vec<(String, TypeSpec)>,
+    /// Column order of the file.
+    pub order: Vec<String>,
+}
+
+impl SchemaFile {
+    pub fn load(path: &std::path::Path) -> crate::Result<SchemaFile> {
+        let bad =
+            |why: String| crate::Error::usage(format!("schema file `{}`: {why}", path.display()));
+        let text = std::fs::read_to_string(path).map_err(|e| bad(e.to_string()))?;
+        SchemaFile::parse(text.trim_start_matches('\u{feff}')).map_err(bad)
+    }
+
+    pub fn parse(text: &str) -> Result<SchemaFile, String> {
+        let raw: &RawValue = serde_json::from_str(text).map_err(|e| e.to_string())?;
+        let entries = object_entries(raw).map_err(|_| "expected a JSON object".to_string())?;
+        let mut out = SchemaFile::default();
+        if let Some((_, cols)) = entries.iter().find(|(k, _)| k == "columns") {
+            let cols: Vec<ColumnInfo> = serde_json::from_str(cols.get())
+                .map_err(|e| format!("`columns` is not a jdop manifest's column list: {e}"))?;
+            for c in cols {
+                if let Some(spec) = TypeSpec::from_manifest(&c.arrow_type, c.format.as_deref()) {
+                    out.types.push((c.name.clone(), spec));
+                }
+                out.order.push(c.name);
+            }
+            return Ok(out);
+        }
+        for (k, v) in entries {
+            let ty: String = serde_json::from_str(v.get())
+                .map_err(|_| format!("the type of `{k}` must be a string like \"int64\""))?;
+            let spec = TypeSpec::parse(&ty).map_err(|e| format!("column `{k}`: {e}"))?;
+            out.types.push((k.to_string(), spec));
+            out.order.push(k.to_string());
+        }
+        Ok(out)
+    }
+}
+
 /// What to do when a dataset's columns change against its previous snapshot.
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Default, serde::Serialize, serde::Deserialize)]
 #[serde(rename_all = "lowercase")]

@@ -6,9 +6,10 @@
 //! value from the platform ever becomes part of a path.
 
 mod csv;
+pub mod hive;
 mod parquet;
 
-pub use self::csv::{CsvSink, WriteOrPage};
+pub use self::csv::{cell_text, CsvSink, WriteOrPage};
 pub use self::parquet::{ParquetOptions, ParquetSink};
 
 use std::fs::File;
@@ -38,6 +39,34 @@ impl Format {
     }
 }
 
+/// Text encoding of CSV files.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Default, Serialize, Deserialize)]
+#[serde(rename_all = "kebab-case")]
+pub enum CsvEncoding {
+    #[default]
+    Utf8,
+    /// UTF-8 starting with a byte-order mark (Excel recognises UTF-8 by it).
+    Utf8Bom,
+    /// GB18030 (covers all of Unicode), for Excel on Chinese Windows.
+    Gb18030,
+}
+
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct CsvOptions {
+    pub encoding: CsvEncoding,
+    /// `\r\n` line endings (else `\n`).
+    pub crlf: bool,
+}
+
+impl Default for CsvOptions {
+    fn default() -> Self {
+        CsvOptions {
+            encoding: CsvEncoding::Utf8,
+            crlf: true,
+        }
+    }
+}
+
 /// One written file as the manifest records it.
 #[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
 pub struct FileEntry {
@@ -63,9 +92,13 @@ pub struct HashingFile {
 
 impl HashingFile {
     pub fn create(path: &Path) -> Result<HashingFile> {
+        HashingFile::create_with_buffer(path, 1 << 20)
+    }
+
+    pub fn create_with_buffer(path: &Path, buffer: usize) -> Result<HashingFile> {
         let f = File::create(path).map_err(|e| Error::io("create", path, e))?;
         Ok(HashingFile {
-            inner: BufWriter::with_capacity(1 << 20, f),
+            inner: BufWriter::with_capacity(buffer, f),
             hasher: Sha256::new(),
             bytes: 0,
             path: path.to_path_buf(),

@@ -33,6 +33,10 @@ impl Default for ParquetOptions {
 
 pub struct ParquetSink {
     dir: PathBuf,
+    /// Path of the folder under the snapshot (`地市=杭州市/`), or empty.
+    prefix: String,
+    /// Write buffer of each file.
+    buffer: usize,
     schema: SchemaRef,
     props: WriterProperties,
     rows_per_file: Option<u64>,
@@ -65,6 +69,8 @@ impl ParquetSink {
             .build();
         Ok(ParquetSink {
             dir,
+            prefix: String::new(),
+            buffer: 1 << 20,
             schema,
             props,
             rows_per_file: rows_per_file.filter(|&n| n > 0),
@@ -72,6 +78,35 @@ impl ParquetSink {
             files: Vec::new(),
             dataset: dataset.to_string(),
         })
+    }
+
+    /// Writes into `sub` (a partition folder, created) under `dir`, with a small
+    /// write buffer (many partitions are open at once).
+    pub fn in_subdir(mut self, sub: &str) -> Result<ParquetSink> {
+        self.dir = self.dir.join(sub);
+        std::fs::create_dir_all(&self.dir).map_err(|e| Error::io("create", &self.dir, e))?;
+        self.prefix = format!("{sub}/");
+        self.buffer = 64 << 10;
+        Ok(self)
+    }
+
+    /// Bytes buffered for the row group being built.
+    pub fn in_progress_bytes(&self) -> usize {
+        self.current
+            .as_ref()
+            .map(|c| c.0.in_progress_size())
+            .unwrap_or(0)
+    }
+
+    /// Ends the row group being built (bounds memory with many open partitions).
+    pub fn flush(&mut self) -> Result<()> {
+        if let Some((w, name, _)) = self.current.as_mut() {
+            if let Err(e) = w.flush() {
+                let what = format!("Parquet file `{name}`");
+                return Err(self.err(&what, e));
+            }
+        }
+        Ok(())
     }
 
     fn err(&self, what: &str, e: impl std::error::Error + Send + Sync + 'static) -> Error {
@@ -84,7 +119,7 @@ impl ParquetSink {
 
     fn open(&mut self) -> Result<()> {
         let name = part_name(self.files.len(), Format::Parquet);
-        let file = HashingFile::create(&self.dir.join(&name))?;
+        let file = HashingFile::create_with_buffer(&self.dir.join(&name), self.buffer)?;
         let w = ArrowWriter::try_new(file, self.schema.clone(), Some(self.props.clone()))
             .map_err(|e| self.err(&format!("Parquet file `{name}`"), e))?;
         self.current = Some((w, name, 0));
@@ -98,7 +133,7 @@ impl ParquetSink {
                 .map_err(|e| self.err(&format!("Parquet file `{name}`"), e))?;
             let (bytes, sha256) = file.finish()?;
             self.files.push(FileEntry {
-                path: name,
+                path: format!("{}{name}", self.prefix),
                 rows,
                 bytes,
                 sha256,

@@ -457,7 +457,7 @@ async fn one(cfg: &SyncConfig, job: &Job, ctx: &RunCtx) -> Result<Outcome> {
         limits,
         client: client_cfg,
         rows_per_file: s.rows_per_file,
-        csv_bom: s.csv_bom,
+        csv: jdop_csv(s.csv_bom),
         parquet: ParquetOptions {
             zstd_level: s.zstd_level,
             ..ParquetOptions::default()
@@ -468,6 +468,8 @@ async fn one(cfg: &SyncConfig, job: &Job, ctx: &RunCtx) -> Result<Outcome> {
         key: s.key.clone(),
         allow_inconsistent: s.allow_inconsistent,
         staging: Some(dir.join(STAGING)),
+        detect: Default::default(),
+        partition_by: None,
     };
     let reporter: Arc<dyn Reporter> = Arc::new(Silent);
     let summary = match export::export(&export_cfg, reporter).await {
@@ -659,5 +661,16 @@ mod tests {
         .unwrap();
         let (_l, stale) = lock(dir.path()).unwrap();
         assert_eq!(stale.as_deref(), Some("999999999"));
+    }
+}
+
+fn jdop_csv(bom: bool) -> crate::sink::CsvOptions {
+    crate::sink::CsvOptions {
+        encoding: if bom {
+            crate::sink::CsvEncoding::Utf8Bom
+        } else {
+            crate::sink::CsvEncoding::Utf8
+        },
+        crlf: true,
     }
 }

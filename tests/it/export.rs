@@ -197,6 +197,7 @@ fn manifest_fields_are_present_and_true() {
     assert!(m.duration_secs >= 0.0);
     let mut listed: Vec<String> = m.files.iter().map(|f| f.path.clone()).collect();
     listed.push("manifest.json".into());
+    listed.push("query.sql".into());
     listed.sort();
     assert_eq!(
         names_in(&dir),
@@ -326,7 +327,7 @@ fn a_second_export_replaces_the_first() {
     env.export("cata_3820", "snap", &["-q"]).ok();
     assert_eq!(
         names_in(&env.path("snap")),
-        ["manifest.json", "part-00000.parquet"]
+        ["manifest.json", "part-00000.parquet", "query.sql"]
     );
     assert_eq!(names_in(env.dir.path()), ["snap"], "no staging leftovers");
 }
@@ -343,8 +344,12 @@ fn empty_dataset_gives_a_manifest_and_no_data_file() {
 #[test]
 fn output_is_deterministic_across_concurrency() {
     let env = Env::new(vec![credit(1500, Typing::Mixed)]);
-    env.export("cata_3820", "a", &["-q", "-j", "1"]).ok();
-    env.export("cata_3820", "b", &["-q", "-j", "8"]).ok();
+    // The snapshot time in the files' metadata is pinned the reproducible-builds way.
+    let pin = [("SOURCE_DATE_EPOCH", "1700000000")];
+    env.export_env("cata_3820", "a", &["-q", "-j", "1"], &pin)
+        .ok();
+    env.export_env("cata_3820", "b", &["-q", "-j", "8"], &pin)
+        .ok();
     let a = manifest(&env.path("a"));
     let b = manifest(&env.path("b"));
     assert_eq!(a.files, b.files, "same data gives byte-identical files");
