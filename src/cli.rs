@@ -62,6 +62,9 @@ pub enum Command {
     Sim(SimArgs),
     /// Run the whole export against the built-in simulator (about 50,000 records)
     Demo(DemoArgs),
+    /// Print the inferred schema (types, rules, null and empty counts) without writing data
+    #[command(alias = "infer")]
+    Schema(SchemaArgs),
     /// Keep a mirror of many datasets fresh from a TOML config (for cron)
     #[command(after_help = SYNC_HELP)]
     Sync(SyncArgs),
@@ -163,6 +166,60 @@ pub struct ExportArgs {
     pub output: OutputArgs,
 }
 
+/// How text columns are typed.
+#[derive(Debug, Args)]
+pub struct DetectArgs {
+    /// Keep every text column as text (no Int64/Decimal/Date/Timestamp detection)
+    #[arg(long)]
+    pub no_detect: bool,
+
+    /// The type of a column, checked against every value (repeatable):
+    /// COL=string|int64|float64|bool|decimal|decimal(P,S)|date|date:yyyyMMdd|timestamp|epoch_ms
+    #[arg(long = "type", value_name = "COL=TYPE")]
+    pub types: Vec<String>,
+
+    /// Empty strings in a typed column become null; with =false such a column stays text
+    #[arg(long, default_value_t = true, action = clap::ArgAction::Set, num_args = 0..=1,
+          default_missing_value = "true", value_name = "BOOL")]
+    pub empty_as_null: bool,
+
+    /// Read datetime text as this zone's local time: Asia/Shanghai gives
+    /// Timestamp(ms, "Asia/Shanghai"); default: timestamps without a time zone
+    #[arg(long, value_name = "ZONE", value_parser = ["Asia/Shanghai", "none"])]
+    pub timezone: Option<String>,
+
+    /// Pin column types from a file: a previous snapshot's manifest.json, or a JSON
+    /// object {"COL": "TYPE", ...}; --type wins over it
+    #[arg(long, value_name = "FILE")]
+    pub schema: Option<PathBuf>,
+
+    /// A value that does not fit a pinned type (--type, --schema): fail, or keep the
+    /// column as text (the manifest says so)
+    #[arg(long, value_enum, default_value = "error")]
+    pub on_mismatch: OnMismatchArg,
+}
+
+#[derive(Debug, Args)]
+pub struct SchemaArgs {
+    #[command(flatten)]
+    pub conn: Conn,
+
+    /// Read only the first K pages (a quick look; types may differ on the rest)
+    #[arg(long, value_name = "K", value_parser = clap::value_parser!(u64).range(1..))]
+    pub sample_pages: Option<u64>,
+
+    /// Requests in flight at most
+    #[arg(long, short = 'j', default_value_t = 4, value_parser = clap::value_parser!(u16).range(1..=64))]
+    pub concurrency: u16,
+
+    /// Print {"dataset", "rows", "columns": [...]} as JSON (usable as --schema FILE)
+    #[arg(long)]
+    pub json: bool,
+
+    #[command(flatten)]
+    pub detect: DetectArgs,
+}
+
 #[derive(Debug, Args)]
 pub struct OutputArgs {
     /// File format of the data
@@ -194,34 +251,8 @@ pub struct OutputArgs {
     #[arg(long, value_enum, default_value = "crlf")]
     pub csv_line_ending: LineEndingArg,
 
-    /// Keep every text column as text (no Int64/Decimal/Date/Timestamp detection)
-    #[arg(long)]
-    pub no_detect: bool,
-
-    /// The type of a column, checked against every value (repeatable):
-    /// COL=string|int64|float64|bool|decimal|decimal(P,S)|date|date:yyyyMMdd|timestamp|epoch_ms
-    #[arg(long = "type", value_name = "COL=TYPE")]
-    pub types: Vec<String>,
-
-    /// Empty strings in a typed column become null; with =false such a column stays text
-    #[arg(long, default_value_t = true, action = clap::ArgAction::Set, num_args = 0..=1,
-          default_missing_value = "true", value_name = "BOOL")]
-    pub empty_as_null: bool,
-
-    /// Read datetime text as this zone's local time: Asia/Shanghai gives
-    /// Timestamp(ms, "Asia/Shanghai"); default: timestamps without a time zone
-    #[arg(long, value_name = "ZONE", value_parser = ["Asia/Shanghai", "none"])]
-    pub timezone: Option<String>,
-
-    /// Pin column types from a file: a previous snapshot's manifest.json, or a JSON
-    /// object {"COL": "TYPE", ...}; --type wins over it
-    #[arg(long, value_name = "FILE")]
-    pub schema: Option<PathBuf>,
-
-    /// A value that does not fit a pinned type (--type, --schema): fail, or keep the
-    /// column as text (the manifest says so)
-    #[arg(long, value_enum, default_value = "error")]
-    pub on_mismatch: OnMismatchArg,
+    #[command(flatten)]
+    pub detect: DetectArgs,
 
     /// Hive-partition the files by this column: COL=value/part-00000.parquet
     #[arg(long, value_name = "COLUMN")]
@@ -516,8 +547,14 @@ impl OutputArgs {
         }
     }
 
-    /// Type detection settings: flags, then the schema file under them.
     pub fn detect(&self) -> Result<DetectOptions> {
+        self.detect.options()
+    }
+}
+
+impl DetectArgs {
+    /// Type detection settings: flags, then the schema file under them.
+    pub fn options(&self) -> Result<DetectOptions> {
         let mut opts = DetectOptions {
             detect: !self.no_detect,
             empty_as_null: self.empty_as_null,
@@ -549,7 +586,9 @@ impl OutputArgs {
         }
         Ok(opts)
     }
+}
 
+impl OutputArgs {
     pub fn csv(&self) -> CsvOptions {
         CsvOptions {
             encoding: match (self.csv_encoding, self.csv_bom) {

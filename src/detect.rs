@@ -593,6 +593,24 @@ pub enum TypeSpec {
     EpochMs,
 }
 
+impl std::fmt::Display for TypeSpec {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        match self {
+            TypeSpec::Utf8 => write!(f, "string"),
+            TypeSpec::Int64 => write!(f, "int64"),
+            TypeSpec::Float64 => write!(f, "float64"),
+            TypeSpec::Bool => write!(f, "bool"),
+            TypeSpec::Decimal(None) => write!(f, "decimal"),
+            TypeSpec::Decimal(Some((p, s))) => write!(f, "decimal({p},{s})"),
+            TypeSpec::Date(None) => write!(f, "date"),
+            TypeSpec::Date(Some(d)) => write!(f, "date:{}", d.pattern()),
+            TypeSpec::Timestamp(None) => write!(f, "timestamp"),
+            TypeSpec::Timestamp(Some(t)) => write!(f, "timestamp:{}", t.pattern()),
+            TypeSpec::EpochMs => write!(f, "epoch_ms"),
+        }
+    }
+}
+
 impl TypeSpec {
     pub const HELP: &'static str = "string, int64, float64, bool, decimal, decimal(P,S), date, \
 date:yyyy-MM-dd|yyyy/MM/dd|yyyy年MM月dd日|yyyyMMdd, timestamp, timestamp:PATTERN, epoch_ms";

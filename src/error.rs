@@ -317,6 +317,7 @@ mod tests {
 }
 
 /// A value for a message: JSON-quoted (control characters visible), at most 80 chars.
+/// A JSON number or boolean shows as itself.
 pub fn quote_value(v: &str) -> String {
     let short: String = v.chars().take(80).collect();
     let mut q = serde_json::to_string(&short).unwrap_or_default();

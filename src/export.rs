@@ -188,7 +188,7 @@ pub async fn export(cfg: &ExportConfig, reporter: Arc<dyn Reporter>) -> Result<S
     for c in &schema.columns {
         if let Some(spec) = &c.fallback {
             rep.warn(&format!(
-                "`{dataset}`: column `{}` does not fit {spec:?}; kept as text (--on-mismatch string)",
+                "`{dataset}`: column `{}` does not fit {spec}; kept as text (--on-mismatch string)",
                 c.name
             ));
         }
@@ -330,6 +330,52 @@ pub async fn export(cfg: &ExportConfig, reporter: Arc<dyn Reporter>) -> Result<S
     Ok(Summary { out, manifest })
 }
 
+/// A schema inferred without writing data (`jdop schema`).
+pub struct SchemaReport {
+    pub schema: InferredSchema,
+    pub total: u64,
+    pub pages: u64,
+    pub pages_read: u64,
+}
+
+/// Fetches the dataset (or its first `sample_pages` pages) into a temporary spool
+/// and infers its schema with `detect`.
+pub async fn infer_schema(
+    client: &Client,
+    limits: &Limits,
+    sample_pages: Option<u64>,
+    detect: &DetectOptions,
+    rep: &dyn Reporter,
+) -> Result<SchemaReport> {
+    let dataset = client.target().dataset.to_string();
+    let total = total(client, limits, rep).await?;
+    let pages = fetch::page_count(total, limits.page_size);
+    let read = sample_pages.map_or(pages, |k| k.min(pages));
+    let tmp = tempfile::Builder::new()
+        .prefix("jdop-schema-")
+        .tempdir()
+        .map_err(|e| Error::io("create", std::env::temp_dir(), e))?;
+    let spool = Spool::create(tmp.path().join("spool"))?;
+    let counters = Counters::default();
+    let fetched = fetch::fetch_pages(client, read, limits, &spool, &counters, rep).await?;
+    let schema = match fetched.inferrer.finish_with(detect) {
+        Ok(s) => s,
+        Err(m) => {
+            let empty_ok = detect.empty_as_null;
+            return Err(fetch::on_rayon(move || {
+                mismatch_error(&spool, &dataset, read, m, empty_ok)
+            })
+            .await?);
+        }
+    };
+    Ok(SchemaReport {
+        schema,
+        total,
+        pages,
+        pages_read: read,
+    })
+}
+
 /// The analyst hand-off next to the manifest: a DuckDB view over the files.
 pub const QUERY_FILE: &str = "query.sql";
 
@@ -428,7 +474,7 @@ fn mismatch_error(spool: &Spool, dataset: &str, pages: u64, m: Mismatch, empty_o
         crate::schema::TypeSource::SchemaFile => "--schema",
     }
     .to_string();
-    let wanted = format!("{:?}", m.spec);
+    let wanted = m.spec.to_string();
     let err = |page: u64, value: String| Error::TypeMismatch {
         dataset: dataset.to_string(),
         column: m.column.clone(),
@@ -461,7 +507,14 @@ fn mismatch_error(spool: &Spool, dataset: &str, pages: u64, m: Mismatch, empty_o
                     }
                 };
                 if bad {
-                    return err(page, crate::error::quote_value(raw));
+                    let shown = if raw.starts_with('"') {
+                        text.clear();
+                        let _ = cell_text(raw, &mut text);
+                        crate::error::quote_value(&text)
+                    } else {
+                        crate::error::quote_value(raw)
+                    };
+                    return err(page, shown);
                 }
             }
         }

@@ -9,7 +9,7 @@ use std::sync::Arc;
 
 use clap::Parser;
 
-use cli::{Cli, Command, DemoArgs, ExportArgs, QueryArgs, SimArgs, SyncArgs};
+use cli::{Cli, Command, DemoArgs, ExportArgs, QueryArgs, SchemaArgs, SimArgs, SyncArgs};
 use jdop::error::{Error, Result};
 use jdop::export::Summary;
 use jdop::platform::{Client, Secret, Target};
@@ -98,7 +98,76 @@ async fn run(cli: Cli) -> Result<()> {
         Command::Sim(args) => sim(args).await,
         Command::Demo(args) => demo(args).await,
         Command::Sync(args) => sync(args).await,
+        Command::Schema(args) => schema(args).await,
     }
+}
+
+async fn schema(args: SchemaArgs) -> Result<()> {
+    let target = args.conn.target()?;
+    let secret = args.conn.secret()?;
+    let detect = args.detect.options()?;
+    let client = Client::new(target, secret, &args.conn.client()?)?;
+    let mut limits = args.conn.limits();
+    limits.concurrency = args.concurrency as usize;
+    let rep = progress::for_stderr(true);
+    let s = jdop::export::infer_schema(&client, &limits, args.sample_pages, &detect, rep.as_ref())
+        .await?;
+    let columns = s.schema.describe();
+    if args.json {
+        let v = serde_json::json!({
+            "dataset": client.target().dataset.as_str(),
+            "rows": s.schema.rows,
+            "total": s.total,
+            "pages_read": s.pages_read,
+            "pages": s.pages,
+            "columns": columns,
+        });
+        return out(&serde_json::to_string_pretty(&v).expect("serializes"));
+    }
+    let mut text = format!(
+        "{}: {} columns over {} of {} rows ({} of {} pages{})\n",
+        client.target().dataset,
+        columns.len(),
+        s.schema.rows,
+        s.total,
+        s.pages_read,
+        s.pages,
+        if s.pages_read < s.pages {
+            "; a sample: types may differ on the rest"
+        } else {
+            ""
+        }
+    );
+    let rows = columns.iter().map(|c| {
+        [
+            c.name.clone(),
+            c.arrow_type.clone(),
+            c.rule.clone(),
+            c.format.clone().unwrap_or_default(),
+            c.json_types.join("+"),
+            c.nulls.to_string(),
+            c.empty_strings.to_string(),
+            c.missing.to_string(),
+        ]
+    });
+    let header = [
+        "column", "type", "rule", "format", "json", "nulls", "empty", "missing",
+    ]
+    .map(String::from);
+    let all: Vec<[String; 8]> = std::iter::once(header).chain(rows).collect();
+    use unicode_width::UnicodeWidthStr;
+    let width = |i: usize| all.iter().map(|r| r[i].width()).max().unwrap_or(0);
+    let widths: Vec<usize> = (0..8).map(width).collect();
+    for r in &all {
+        let line: Vec<String> = r
+            .iter()
+            .zip(&widths)
+            .map(|(c, w)| format!("{c}{}", " ".repeat(w - c.width())))
+            .collect();
+        text.push_str(line.join("  ").trim_end());
+        text.push('\n');
+    }
+    out(text.trim_end())
 }
 
 /// Writes to stdout; a closed pipe (`| head`) is not an error.

@@ -612,7 +612,7 @@ impl InferredSchema {
                 nulls: c.stats.nulls,
                 empty_strings: c.stats.empty,
                 empty_as_null: if c.typed.is_some() { c.stats.empty } else { 0 },
-                asked_type: c.fallback.as_ref().map(|s| format!("{s:?}")),
+                asked_type: c.fallback.as_ref().map(|s| s.to_string()),
             })
             .collect()
     }

@@ -9,4 +9,5 @@ mod hostile;
 mod readers;
 mod schema;
 mod sync;
+mod typed;
 mod util;
