@@ -99,3 +99,61 @@ fn duckdb_pyarrow_pandas_polars_read_snapshots() {
         .ok();
     check(&env, "nested", &nested);
 }
+
+/// Typed columns, CSV with its query.sql, and Hive partitions with awkward values,
+/// read by DuckDB (through query.sql), pyarrow, pandas and polars.
+#[test]
+fn readers_get_typed_columns_and_hive_partitions() {
+    if !readers_available() {
+        return;
+    }
+    let typed = DatasetSpec::fixed("cata_1", crate::typed::platform_records());
+    let env = Env::new(vec![typed]);
+    env.export("cata_1", "single", &["-q"]).ok();
+    env.export("cata_1", "rolled", &["-q", "--rows-per-file", "3"])
+        .ok();
+    env.export("cata_1", "csv", &["-q", "--format", "csv"]).ok();
+    let hive_env = Env::new(vec![DatasetSpec::fixed(
+        "cata_1",
+        crate::typed::awkward_records(),
+    )]);
+    hive_env
+        .export("cata_1", "hive", &["-q", "--partition-by", "地市"])
+        .ok();
+    let values = crate::typed::awkward_values();
+    let lossless = |v: &Option<String>| jdop::sink::hive::is_lossless("地市", v.as_deref());
+    let by_id: Vec<Option<String>> = values
+        .iter()
+        .map(|v| {
+            if lossless(v) {
+                v.clone()
+            } else {
+                Some("<shortened>".into())
+            }
+        })
+        .collect();
+    let exp = serde_json::json!({
+        "typed_dirs": [env.path("single"), env.path("rolled")],
+        "csv_dir": env.path("csv"),
+        "rows": 10,
+        "amount_sum": "25062.50",
+        "hive_dir": hive_env.path("hive"),
+        "hive_rows": values.len(),
+        "hive_values": values.iter().filter(|v| lossless(v)).collect::<Vec<_>>(),
+        "hive_by_id": by_id,
+    });
+    let exp_path = env.path("typed.expect.json");
+    std::fs::write(&exp_path, exp.to_string()).unwrap();
+    let script = concat!(env!("CARGO_MANIFEST_DIR"), "/tests/readers_typed.py");
+    let o = Command::new("python3")
+        .arg(script)
+        .arg(&exp_path)
+        .output()
+        .unwrap();
+    assert!(
+        o.status.success(),
+        "readers failed:\n{}\n{}",
+        String::from_utf8_lossy(&o.stdout),
+        String::from_utf8_lossy(&o.stderr)
+    );
+}

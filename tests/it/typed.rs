@@ -14,7 +14,7 @@ use parquet::file::reader::{FileReader, SerializedFileReader};
 use crate::util::*;
 
 /// Records in the platform's shapes (one page of 2 records each at --page-size 2).
-fn platform_records() -> Vec<String> {
+pub fn platform_records() -> Vec<String> {
     let mut recs = Vec::new();
     for i in 0..10 {
         recs.push(format!(
