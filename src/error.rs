@@ -184,16 +184,8 @@ pub enum Error {
     #[error("the schema of `{dataset}` changed and its policy is `freeze`: {changes}")]
     SchemaChanged { dataset: String, changes: String },
 
-    #[error("`{dataset}` page {page}: column `{column}` value {value} does not fit {wanted} (from {source_name}); fix the type, or --on-mismatch string keeps the column as text")]
-    TypeMismatch {
-        dataset: String,
-        column: String,
-        page: u64,
-        /// Quoted and shortened for messages.
-        value: String,
-        wanted: String,
-        source_name: String,
-    },
+    #[error("{0}")]
+    TypeMismatch(Box<TypeMismatch>),
 
     #[error("another jdop run (pid {pid}) is using `{}`", .root.display())]
     Locked { root: PathBuf, pid: String },
@@ -247,7 +239,7 @@ impl Error {
             Error::Page { .. } => ExitCode::Protocol,
             Error::Inconsistent { .. } => ExitCode::Inconsistent,
             Error::Io { .. } | Error::Write { .. } => ExitCode::Output,
-            Error::SchemaChanged { .. } | Error::TypeMismatch { .. } => ExitCode::SchemaChanged,
+            Error::SchemaChanged { .. } | Error::TypeMismatch(_) => ExitCode::SchemaChanged,
             Error::Locked { .. } => ExitCode::Locked,
             Error::SyncFailed { .. } => ExitCode::SyncPartial,
             Error::Interrupted => ExitCode::Interrupted,
@@ -271,6 +263,41 @@ impl Error {
 }
 
 pub type Result<T, E = Error> = std::result::Result<T, E>;
+
+/// A value for a message: JSON-quoted (control characters visible), at most 80 chars.
+/// A JSON number or boolean shows as itself.
+pub fn quote_value(v: &str) -> String {
+    let short: String = v.chars().take(80).collect();
+    let mut q = serde_json::to_string(&short).unwrap_or_default();
+    if short.len() < v.len() {
+        q.push('…');
+    }
+    q
+}
+
+/// A value that does not fit a type asked for (`--type`, `--schema`).
+#[derive(Debug)]
+pub struct TypeMismatch {
+    pub dataset: String,
+    pub column: String,
+    /// 0 when every value fits alone but not together.
+    pub page: u64,
+    /// Quoted and shortened for messages.
+    pub value: String,
+    pub wanted: String,
+    pub source_name: String,
+}
+
+impl std::fmt::Display for TypeMismatch {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        write!(
+            f,
+            "`{}` page {}: column `{}` value {} does not fit {} (from {}); fix the type, \
+             or --on-mismatch string keeps the column as text",
+            self.dataset, self.page, self.column, self.value, self.wanted, self.source_name
+        )
+    }
+}
 
 #[cfg(test)]
 mod tests {
@@ -314,15 +341,4 @@ mod tests {
         );
         assert_eq!(e.exit_code(), ExitCode::Network);
     }
-}
-
-/// A value for a message: JSON-quoted (control characters visible), at most 80 chars.
-/// A JSON number or boolean shows as itself.
-pub fn quote_value(v: &str) -> String {
-    let short: String = v.chars().take(80).collect();
-    let mut q = serde_json::to_string(&short).unwrap_or_default();
-    if short.len() < v.len() {
-        q.push('…');
-    }
-    q
 }

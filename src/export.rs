@@ -475,13 +475,15 @@ fn mismatch_error(spool: &Spool, dataset: &str, pages: u64, m: Mismatch, empty_o
     }
     .to_string();
     let wanted = m.spec.to_string();
-    let err = |page: u64, value: String| Error::TypeMismatch {
-        dataset: dataset.to_string(),
-        column: m.column.clone(),
-        page,
-        value,
-        wanted: wanted.clone(),
-        source_name: source_name.clone(),
+    let err = |page: u64, value: String| {
+        Error::TypeMismatch(Box::new(crate::error::TypeMismatch {
+            dataset: dataset.to_string(),
+            column: m.column.clone(),
+            page,
+            value,
+            wanted: wanted.clone(),
+            source_name: source_name.clone(),
+        }))
     };
     let mut text = String::new();
     for page in 1..=pages {
@@ -650,14 +652,16 @@ impl WriteJob {
     fn parquet(self) -> Result<Vec<FileEntry>> {
         let conv = Converter::new(&self.schema);
         let mut sink = match &self.partition_by {
-            None => ParquetOut::Single(ParquetSink::new(
+            None => ParquetOut::Single(Box::new(ParquetSink::new(
                 self.dir.clone(),
                 conv.schema().clone(),
                 self.rows_per_file,
                 &self.parquet,
                 &self.dataset,
-            )?),
-            Some(col) => ParquetOut::Partitioned(Partitions::new(&self, conv.schema(), col)),
+            )?)),
+            Some(col) => {
+                ParquetOut::Partitioned(Box::new(Partitions::new(&self, conv.schema(), col)))
+            }
         };
         let page_nums: Vec<u64> = (1..=self.pages).collect();
         let window = PAGES_PER_BATCH * rayon::current_num_threads().max(1) * 2;
@@ -808,8 +812,8 @@ fn too_many_partitions(dataset: &str, col: &str) -> Error {
 }
 
 enum ParquetOut {
-    Single(ParquetSink),
-    Partitioned(Partitions),
+    Single(Box<ParquetSink>),
+    Partitioned(Box<Partitions>),
 }
 
 impl ParquetOut {

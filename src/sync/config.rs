@@ -36,6 +36,12 @@ pub struct JobSettings {
     pub key: Option<String>,
     /// Publish even when the dataset never held still (`"consistent": false`).
     pub allow_inconsistent: bool,
+    /// Detect types of text columns.
+    pub detect: bool,
+    /// Pin the column types of the previous snapshot (its manifest as `--schema`).
+    pub pin_types: bool,
+    pub partition_by: Option<String>,
+    pub csv_encoding: crate::sink::CsvEncoding,
 }
 
 impl Default for JobSettings {
@@ -52,6 +58,10 @@ impl Default for JobSettings {
             schema: SchemaPolicy::Evolve,
             key: None,
             allow_inconsistent: false,
+            detect: true,
+            pin_types: false,
+            partition_by: None,
+            csv_encoding: crate::sink::CsvEncoding::Utf8,
         }
     }
 }
@@ -115,6 +125,10 @@ const TOP_KEYS: &[&str] = &[
     "consistency_retries",
     "key",
     "allow_inconsistent",
+    "detect",
+    "pin_types",
+    "partition_by",
+    "csv_encoding",
     "dataset",
 ];
 const JOB_KEYS: &[&str] = &[
@@ -130,6 +144,10 @@ const JOB_KEYS: &[&str] = &[
     "schema",
     "key",
     "allow_inconsistent",
+    "detect",
+    "pin_types",
+    "partition_by",
+    "csv_encoding",
 ];
 
 struct Ctx<'a> {
@@ -227,6 +245,35 @@ impl Ctx<'_> {
                     s.key = Some(k);
                 }
             }
+            "detect" => {
+                if let Some(b) = self.bool(key, v) {
+                    s.detect = b
+                }
+            }
+            "pin_types" => {
+                if let Some(b) = self.bool(key, v) {
+                    s.pin_types = b
+                }
+            }
+            "partition_by" => match self.str(key, v) {
+                Some(c) if c.is_empty() => {
+                    self.err(v.span(), "`partition_by` needs a column name".to_string())
+                }
+                Some(c) => s.partition_by = Some(c),
+                None => {}
+            },
+            "csv_encoding" => match self.str(key, v).as_deref() {
+                Some("utf8") => s.csv_encoding = crate::sink::CsvEncoding::Utf8,
+                Some("utf8-bom") => s.csv_encoding = crate::sink::CsvEncoding::Utf8Bom,
+                Some("gb18030") => s.csv_encoding = crate::sink::CsvEncoding::Gb18030,
+                Some(other) => self.err(
+                    v.span(),
+                    format!(
+                        "`csv_encoding` must be \"utf8\", \"utf8-bom\" or \"gb18030\", found \"{other}\""
+                    ),
+                ),
+                None => {}
+            },
             "allow_inconsistent" => {
                 if let Some(b) = self.bool(key, v) {
                     s.allow_inconsistent = b

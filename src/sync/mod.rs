@@ -457,7 +457,7 @@ async fn one(cfg: &SyncConfig, job: &Job, ctx: &RunCtx) -> Result<Outcome> {
         limits,
         client: client_cfg,
         rows_per_file: s.rows_per_file,
-        csv: jdop_csv(s.csv_bom),
+        csv: jdop_csv(s.csv_bom, s.csv_encoding),
         parquet: ParquetOptions {
             zstd_level: s.zstd_level,
             ..ParquetOptions::default()
@@ -468,8 +468,8 @@ async fn one(cfg: &SyncConfig, job: &Job, ctx: &RunCtx) -> Result<Outcome> {
         key: s.key.clone(),
         allow_inconsistent: s.allow_inconsistent,
         staging: Some(dir.join(STAGING)),
-        detect: Default::default(),
-        partition_by: None,
+        detect: detect_options(s, previous.as_ref().map(|p| &p.1)),
+        partition_by: s.partition_by.clone(),
     };
     let reporter: Arc<dyn Reporter> = Arc::new(Silent);
     let summary = match export::export(&export_cfg, reporter).await {
@@ -596,6 +596,39 @@ pub fn write_catalog(cfg: &SyncConfig) -> Result<()> {
     write_atomic(&cfg.root.join("views.sql"), &sql)
 }
 
+fn jdop_csv(bom: bool, encoding: crate::sink::CsvEncoding) -> crate::sink::CsvOptions {
+    crate::sink::CsvOptions {
+        encoding: match (bom, encoding) {
+            (true, crate::sink::CsvEncoding::Utf8) => crate::sink::CsvEncoding::Utf8Bom,
+            (_, e) => e,
+        },
+        crlf: true,
+    }
+}
+
+/// Type detection for a dataset: `pin_types` pins the previous snapshot's types.
+fn detect_options(
+    s: &config::JobSettings,
+    previous: Option<&crate::manifest::Manifest>,
+) -> crate::schema::DetectOptions {
+    let mut opts = crate::schema::DetectOptions {
+        detect: s.detect,
+        ..Default::default()
+    };
+    if let (true, Some(m)) = (s.pin_types, previous) {
+        for c in &m.columns {
+            if let Some(spec) =
+                crate::detect::TypeSpec::from_manifest(&c.arrow_type, c.format.as_deref())
+            {
+                opts.types
+                    .push((c.name.clone(), spec, crate::schema::TypeSource::SchemaFile));
+            }
+            opts.order.push(c.name.clone());
+        }
+    }
+    opts
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;
@@ -661,16 +694,5 @@ mod tests {
         .unwrap();
         let (_l, stale) = lock(dir.path()).unwrap();
         assert_eq!(stale.as_deref(), Some("999999999"));
-    }
-}
-
-fn jdop_csv(bom: bool) -> crate::sink::CsvOptions {
-    crate::sink::CsvOptions {
-        encoding: if bom {
-            crate::sink::CsvEncoding::Utf8Bom
-        } else {
-            crate::sink::CsvEncoding::Utf8
-        },
-        crlf: true,
     }
 }

@@ -410,3 +410,42 @@ fn a_version_refused_by_freeze_is_not_downloaded_again() {
         "the refused version is not fetched again"
     );
 }
+
+#[test]
+fn sync_pins_previous_types_partitions_and_encodes_csv() {
+    let env = Env::new(vec![
+        DatasetSpec::fixed("cata_1", crate::typed::platform_records()),
+        DatasetSpec::credit("cata_2", 300),
+    ]);
+    write_config(
+        &env,
+        "pin_types = true",
+        "[[dataset]]\nid = \"cata_1\"\n\n[[dataset]]\nid = \"cata_2\"\nformat = \"csv\"\ncsv_encoding = \"gb18030\"\npartition_by = \"地市\"\n",
+    );
+    sync(&env, &["-q"]).ok();
+    sync(&env, &["-q", "--force"]).ok();
+    let snaps = snapshots(&env, "cata_1");
+    assert_eq!(snaps.len(), 2);
+    let m = manifest(&env.path(&format!("mirror/cata_1/{}", snaps[1])));
+    let pinned = m.columns.iter().find(|c| c.name == "金额").unwrap();
+    assert_eq!(
+        (pinned.arrow_type.as_str(), pinned.rule.as_str()),
+        ("Decimal128(18, 2)", "schema-file")
+    );
+    let snaps = snapshots(&env, "cata_2");
+    let dir = env.path(&format!("mirror/cata_2/{}", snaps[0]));
+    let m = manifest(&dir);
+    assert_eq!(m.partition_by.as_deref(), Some("地市"));
+    assert!(m.files.iter().all(|f| f.path.starts_with("地市=")));
+    let bytes = std::fs::read(dir.join(&m.files[0].path)).unwrap();
+    assert!(std::str::from_utf8(&bytes).is_err(), "GB18030, not UTF-8");
+
+    write_config(
+        &env,
+        "csv_encoding = \"latin1\"",
+        "[[dataset]]\nid = \"cata_1\"\n",
+    );
+    sync(&env, &["--check"])
+        .fails_with(2)
+        .stderr_has("line 4: `csv_encoding` must be");
+}

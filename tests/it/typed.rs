@@ -18,9 +18,8 @@ pub fn platform_records() -> Vec<String> {
     let mut recs = Vec::new();
     for i in 0..10 {
         recs.push(format!(
-            r#"{{"金额":"{amt}","code":"{code}","uscc":"91330100{i:010}","day":"2019-01-{d:02}","cn":"2023年01月{d:02}日","at":"2022-08-29 15:44:{d:02}.{ms:03}","ok":"{ok}","empty":"{empty}","n":{n},"epoch":{epoch},"地市":"{city}"}}"#,
+            r#"{{"金额":"{amt}","code":"0142{i}","uscc":"91330100{i:010}","day":"2019-01-{d:02}","cn":"2023年01月{d:02}日","at":"2022-08-29 15:44:{d:02}.{ms:03}","ok":"{ok}","empty":"{empty}","n":{n},"epoch":{epoch},"地市":"{city}"}}"#,
             amt = if i % 2 == 0 { "5000.00".to_string() } else { format!("12.{i}") },
-            code = format!("0142{i}"),
             d = i + 1,
             ms = i * 7,
             ok = i % 3 == 0,
