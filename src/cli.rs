@@ -258,6 +258,11 @@ pub struct OutputArgs {
     #[arg(long, value_name = "COLUMN")]
     pub partition_by: Option<String>,
 
+    /// Rows per Parquet row group (rounded to whole pages); smaller groups let
+    /// readers skip more, larger ones compress better
+    #[arg(long, default_value_t = 65_536, value_name = "N", value_parser = clap::value_parser!(u64).range(1..=16_777_216))]
+    pub row_group_rows: u64,
+
     /// zstd level for Parquet (1 = fastest, up to 22)
     #[arg(long, default_value_t = 1, value_parser = clap::value_parser!(i32).range(1..=22))]
     pub zstd_level: i32,
@@ -632,6 +637,7 @@ impl OutputArgs {
             csv: self.csv(),
             parquet: ParquetOptions {
                 zstd_level: self.zstd_level,
+                row_group_rows: self.row_group_rows as usize,
                 ..ParquetOptions::default()
             },
             allow_inconsistent: self.allow_inconsistent,

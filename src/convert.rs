@@ -27,6 +27,8 @@ pub struct Converter {
     typed: Arc<Vec<(usize, Target)>>,
     top: Arc<StructKind>,
     rewrite: bool,
+    /// Keys outside the schema are an error (a schema of some columns only ignores them).
+    strict: bool,
 }
 
 impl Converter {
@@ -49,6 +51,24 @@ impl Converter {
             typed: Arc::new(typed),
             top: Arc::new(top),
             rewrite: schema.needs_json_text(),
+            strict: true,
+        }
+    }
+
+    /// A converter for some columns of `schema` only (other keys are skipped).
+    pub fn columns(schema: &InferredSchema, names: &[&str]) -> Converter {
+        let sub = InferredSchema {
+            columns: schema
+                .columns
+                .iter()
+                .filter(|c| names.contains(&c.name.as_str()))
+                .cloned()
+                .collect(),
+            rows: schema.rows,
+        };
+        Converter {
+            strict: false,
+            ..Converter::new(&sub)
         }
     }
 
@@ -63,7 +83,7 @@ impl Converter {
         let mut decoder = ReaderBuilder::new(self.decode_schema.clone())
             .with_batch_size(rows_hint.max(1))
             .with_coerce_primitive(true)
-            .with_strict_mode(true)
+            .with_strict_mode(self.strict)
             .with_flatten(true)
             .build_decoder()
             .map_err(|e| (0, convert_err(e)))?;

@@ -20,6 +20,7 @@ use crate::platform::{
 };
 use crate::progress::Reporter;
 use crate::schema::{DetectOptions, InferredSchema, Kind, Mismatch, SchemaChanges, SchemaPolicy};
+use crate::sink::assemble::{Assembler, EncodedGroup, GroupEncoder, SpillFactory, SpillFile};
 use crate::sink::{
     cell_text, hive, CsvOptions, CsvSink, FileEntry, Format, ParquetOptions, ParquetSink,
 };
@@ -112,6 +113,25 @@ pub async fn export(cfg: &ExportConfig, reporter: Arc<dyn Reporter>) -> Result<S
 
     let (total_before, date_before) = total_and_date(&client, &cfg.limits, &counters, rep).await?;
     let staging = Staging::create_in(&cfg.out, cfg.staging.as_deref())?;
+    // One Parquet file: row groups are encoded while later pages still arrive.
+    let group_pages = (cfg.parquet.row_group_rows as u64 / cfg.limits.page_size as u64).max(1);
+    let mut parquet = cfg.parquet.clone();
+    parquet
+        .metadata
+        .push(("jdop.dataset".into(), dataset.clone()));
+    let encoder = (cfg.format == Format::Parquet
+        && cfg.rows_per_file.is_none()
+        && cfg.partition_by.is_none())
+    .then(|| -> Result<GroupEncoder> {
+        let spill = SpillFile::create(&staging.root().join("spill.bin"))
+            .map_err(|e| Error::io("create", staging.root().join("spill.bin"), e))?;
+        Ok(GroupEncoder::new(
+            crate::sink::writer_props(&parquet)?,
+            SpillFactory(spill),
+        ))
+    })
+    .transpose()?;
+    let mut groups: Vec<Option<EncodedGroup>>;
     let mut total_before = total_before;
     let mut date_before = date_before;
     let mut attempts = 0u32;
@@ -134,8 +154,34 @@ pub async fn export(cfg: &ExportConfig, reporter: Arc<dyn Reporter>) -> Result<S
         }
         let pages = fetch::page_count(total_before, cfg.limits.page_size);
         rep.on_plan(&dataset, total_before, pages);
-        let fetched =
-            fetch::fetch_pages(&client, pages, &cfg.limits, &spool, &counters, rep).await?;
+        let mut early = match &encoder {
+            Some(enc) => Some(EarlyGroups::start(
+                enc.clone(),
+                spool.clone(),
+                pages,
+                group_pages,
+                cfg.detect.clone(),
+            )),
+            None => None,
+        };
+        let fetched = {
+            let mut hook = |n: u64, inf: &crate::schema::Inferrer, rows: &[u32]| {
+                if let Some(e) = early.as_mut() {
+                    e.on_prefix(n, inf, rows);
+                }
+            };
+            fetch::fetch_pages(
+                &client,
+                pages,
+                &cfg.limits,
+                &spool,
+                &counters,
+                rep,
+                Some(&mut hook),
+            )
+            .await?
+        };
+        groups = early.map(EarlyGroups::finish).unwrap_or_default();
         pages_reused += fetched.reused;
         let (total_after, date_after) =
             total_and_date(&client, &cfg.limits, &counters, rep).await?;
@@ -247,10 +293,6 @@ pub async fn export(cfg: &ExportConfig, reporter: Arc<dyn Reporter>) -> Result<S
         }
     }
     rep.on_writing(rows);
-    let mut parquet = cfg.parquet.clone();
-    parquet
-        .metadata
-        .push(("jdop.dataset".into(), dataset.clone()));
     parquet.metadata.push((
         "jdop.update_date".into(),
         match &date_before.raw {
@@ -273,6 +315,9 @@ pub async fn export(cfg: &ExportConfig, reporter: Arc<dyn Reporter>) -> Result<S
         spool: spool.clone(),
         dir: staging.snapshot(),
         reporter: reporter.clone(),
+        early: std::sync::Mutex::new(
+            encoder.map(|e| (e, groups, group_pages, fetched.page_rows.clone())),
+        ),
     };
     let files = tokio::task::spawn_blocking(move || job.run())
         .await
@@ -357,7 +402,7 @@ pub async fn infer_schema(
         .map_err(|e| Error::io("create", std::env::temp_dir(), e))?;
     let spool = Spool::create(tmp.path().join("spool"))?;
     let counters = Counters::default();
-    let fetched = fetch::fetch_pages(client, read, limits, &spool, &counters, rep).await?;
+    let fetched = fetch::fetch_pages(client, read, limits, &spool, &counters, rep, None).await?;
     let schema = match fetched.inferrer.finish_with(detect) {
         Ok(s) => s,
         Err(m) => {
@@ -619,6 +664,148 @@ struct WriteJob {
     spool: Spool,
     dir: PathBuf,
     reporter: Arc<dyn Reporter>,
+    /// One Parquet file from row groups encoded during the fetch: the encoder, the
+    /// groups, pages per group, rows per page.
+    early: std::sync::Mutex<Option<EarlyParts>>,
+}
+
+type EarlyParts = (GroupEncoder, Vec<Option<EncodedGroup>>, u64, Vec<u32>);
+
+/// Row groups encoded while the fetch goes on, on a thread of their own: each as
+/// soon as its pages and every page before them are in, under the schema of
+/// those pages (see [`crate::sink::assemble`]).
+struct EarlyGroups {
+    tx: Option<std::sync::mpsc::Sender<GroupJob>>,
+    worker: Option<std::thread::JoinHandle<Vec<Option<EncodedGroup>>>>,
+    pages: u64,
+    group_pages: u64,
+    sent: u64,
+    detect: DetectOptions,
+}
+
+struct GroupJob {
+    index: usize,
+    first: u64,
+    last: u64,
+    rows: usize,
+    schema: InferredSchema,
+}
+
+impl EarlyGroups {
+    fn start(
+        encoder: GroupEncoder,
+        spool: Spool,
+        pages: u64,
+        group_pages: u64,
+        detect: DetectOptions,
+    ) -> EarlyGroups {
+        let (tx, rx) = std::sync::mpsc::channel::<GroupJob>();
+        let worker = std::thread::Builder::new()
+            .name("jdop-row-groups".into())
+            .spawn(move || {
+                let mut out: Vec<Option<EncodedGroup>> = Vec::new();
+                for job in rx {
+                    let index = job.index;
+                    let group = encode_group(&encoder, &spool, &job)
+                        .map_err(|e| tracing::debug!("row group {index} left for the end: {e}"))
+                        .ok();
+                    if out.len() <= index {
+                        out.resize_with(index + 1, || None);
+                    }
+                    out[index] = group;
+                }
+                out
+            })
+            .ok();
+        EarlyGroups {
+            tx: worker.as_ref().map(|_| tx),
+            worker,
+            pages,
+            group_pages,
+            sent: 0,
+            detect,
+        }
+    }
+
+    /// Pages `1..=n` are in: hands over every row group they complete.
+    fn on_prefix(&mut self, n: u64, inf: &crate::schema::Inferrer, rows: &[u32]) {
+        let Some(tx) = &self.tx else { return };
+        loop {
+            let first = self.sent * self.group_pages + 1;
+            let last = ((self.sent + 1) * self.group_pages).min(self.pages);
+            if first > self.pages || last > n {
+                return;
+            }
+            // The provisional schema: of the pages in so far (in order).
+            if let Ok(schema) = inf.clone().finish_with(&self.detect) {
+                let rows = rows[(first - 1) as usize..last as usize]
+                    .iter()
+                    .map(|&r| r as usize)
+                    .sum();
+                let _ = tx.send(GroupJob {
+                    index: self.sent as usize,
+                    first,
+                    last,
+                    rows,
+                    schema,
+                });
+            }
+            self.sent += 1;
+        }
+    }
+
+    fn finish(mut self) -> Vec<Option<EncodedGroup>> {
+        drop(self.tx.take());
+        self.worker
+            .take()
+            .and_then(|w| w.join().ok())
+            .unwrap_or_default()
+    }
+}
+
+/// Decodes pages `first..=last` with `conv`, 8 pages per batch, in parallel.
+fn decode_pages(
+    conv: &Converter,
+    spool: &Spool,
+    dataset: &str,
+    first: u64,
+    last: u64,
+) -> Result<Vec<RecordBatch>> {
+    let nums: Vec<u64> = (first..=last).collect();
+    nums.par_chunks(PAGES_PER_BATCH)
+        .map(|group| {
+            let texts = group
+                .iter()
+                .map(|&p| {
+                    spool.read_page(p).map_err(|e| Error::Page {
+                        dataset: dataset.to_string(),
+                        page: p,
+                        source: Box::new(crate::error::PageError::Spool(e)),
+                    })
+                })
+                .collect::<Result<Vec<_>>>()?;
+            let refs: Vec<&str> = texts.iter().map(String::as_str).collect();
+            conv.decode(&refs).map_err(|(i, source)| Error::Page {
+                dataset: dataset.to_string(),
+                page: group[i],
+                source: Box::new(source),
+            })
+        })
+        .collect()
+}
+
+fn encode_group(encoder: &GroupEncoder, spool: &Spool, job: &GroupJob) -> Result<EncodedGroup> {
+    let conv = Converter::new(&job.schema);
+    let batches = decode_pages(&conv, spool, "", job.first, job.last)?;
+    let n = conv.schema().fields().len();
+    encoder
+        .encode(
+            conv.schema(),
+            &GroupEncoder::columns(&batches, n),
+            job.rows,
+            None,
+        )
+        .map_err(|e| Error::Internal(e.to_string()))
 }
 
 /// Pages decoded into one batch (a few thousand rows).
@@ -649,7 +836,68 @@ impl WriteJob {
         })
     }
 
+    /// One file from the row groups encoded during the fetch, completed for the
+    /// final schema.
+    fn assemble(
+        &self,
+        encoder: GroupEncoder,
+        mut groups: Vec<Option<EncodedGroup>>,
+        group_pages: u64,
+        page_rows: &[u32],
+    ) -> Result<Vec<FileEntry>> {
+        let conv = Converter::new(&self.schema);
+        let schema = conv.schema().clone();
+        let name = crate::sink::part_name(0, Format::Parquet);
+        let path = self.dir.join(&name);
+        let werr = |e: parquet::errors::ParquetError| Error::Write {
+            dataset: self.dataset.clone(),
+            what: format!("Parquet file `{name}`"),
+            source: Box::new(e),
+        };
+        let file = crate::sink::HashingFile::create(&path)?;
+        let mut asm = Assembler::new(file, &schema, crate::sink::writer_props(&self.parquet)?)
+            .map_err(werr)?;
+        let n_groups = self.pages.div_ceil(group_pages);
+        groups.resize_with(n_groups as usize, || None);
+        for (k, group) in groups.into_iter().enumerate() {
+            let first = k as u64 * group_pages + 1;
+            let last = ((k as u64 + 1) * group_pages).min(self.pages);
+            let rows: usize = page_rows[(first - 1) as usize..last as usize]
+                .iter()
+                .map(|&r| r as usize)
+                .sum();
+            let fields = encoder.complete(group, &schema, rows, |needed| {
+                let names: Vec<&str> = needed
+                    .iter()
+                    .map(|&i| schema.field(i).name().as_str())
+                    .collect();
+                let sub = Converter::columns(&self.schema, &names);
+                let batches = decode_pages(&sub, &self.spool, &self.dataset, first, last)?;
+                Ok(names
+                    .iter()
+                    .map(|n| {
+                        let j = sub.schema().index_of(n).expect("a column of the schema");
+                        batches.iter().map(|b| b.column(j).clone()).collect()
+                    })
+                    .collect())
+            })?;
+            asm.push(fields).map_err(werr)?;
+            self.reporter.on_written(rows as u64);
+        }
+        let (bytes, sha256) = asm.finish().map_err(werr)?.finish()?;
+        Ok(vec![FileEntry {
+            path: name,
+            rows: page_rows.iter().map(|&r| r as u64).sum(),
+            bytes,
+            sha256,
+        }])
+    }
+
     fn parquet(self) -> Result<Vec<FileEntry>> {
+        let early = self.early.lock().expect("not poisoned").take();
+        if let Some((encoder, groups, group_pages, page_rows)) = early {
+            return self.assemble(encoder, groups, group_pages, &page_rows);
+        }
         let conv = Converter::new(&self.schema);
         let mut sink = match &self.partition_by {
             None => ParquetOut::Single(Box::new(ParquetSink::new(

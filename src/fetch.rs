@@ -358,6 +358,10 @@ pub struct Fetched {
     pub reused: u64,
 }
 
+/// Told each time the pages fetched in order grow: the number of pages
+/// `1..=n` in, their merged schema and their row counts.
+pub type PrefixHook<'a> = &'a mut (dyn FnMut(u64, &Inferrer, &[u32]) + Send);
+
 /// Fetches pages `1..=pages` into the spool and infers the schema over them.
 pub async fn fetch_pages(
     client: &Client,
@@ -366,6 +370,7 @@ pub async fn fetch_pages(
     spool: &Spool,
     counters: &Counters,
     reporter: &dyn Reporter,
+    mut on_prefix: Option<PrefixHook<'_>>,
 ) -> Result<Fetched> {
     let dataset = client.target().dataset.to_string();
     let page_size = limits.page_size;
@@ -424,11 +429,17 @@ pub async fn fetch_pages(
     while let Some((p, out, was_reused)) = stream.try_next().await? {
         reused += was_reused as u64;
         pending.insert(p, out);
+        let before = next;
         while let Some((rows, inf, hash)) = pending.remove(&next) {
             inferrer.merge(inf);
             page_rows.push(rows);
             page_hashes.push(hash);
             next += 1;
+        }
+        if next > before {
+            if let Some(hook) = on_prefix.as_mut() {
+                hook(next - 1, &inferrer, &page_rows);
+            }
         }
     }
     debug_assert!(pending.is_empty());

@@ -5,12 +5,13 @@
 //! sha256 computed while writing. File names come from [`part_name`] only, so no
 //! value from the platform ever becomes part of a path.
 
+pub mod assemble;
 mod csv;
 pub mod hive;
 mod parquet;
 
 pub use self::csv::{cell_text, CsvSink, WriteOrPage};
-pub use self::parquet::{ParquetOptions, ParquetSink};
+pub use self::parquet::{writer_props, ParquetOptions, ParquetSink};
 
 use std::fs::File;
 use std::io::{BufWriter, Write};

@@ -31,6 +31,24 @@ impl Default for ParquetOptions {
     }
 }
 
+/// The writer properties of every Parquet file jdop writes.
+pub fn writer_props(opts: &ParquetOptions) -> Result<WriterProperties> {
+    let level = ZstdLevel::try_new(opts.zstd_level)
+        .map_err(|e| Error::usage(format!("invalid zstd level {}: {e}", opts.zstd_level)))?;
+    let kv = opts
+        .metadata
+        .iter()
+        .map(|(k, v)| KeyValue::new(k.clone(), v.clone()))
+        .collect();
+    Ok(WriterProperties::builder()
+        .set_compression(Compression::ZSTD(level))
+        .set_statistics_enabled(EnabledStatistics::Page)
+        .set_max_row_group_row_count(Some(opts.row_group_rows))
+        .set_created_by(format!("jdop version {}", env!("CARGO_PKG_VERSION")))
+        .set_key_value_metadata(Some(kv))
+        .build())
+}
+
 pub struct ParquetSink {
     dir: PathBuf,
     /// Path of the folder under the snapshot (`地市=杭州市/`), or empty.
@@ -53,20 +71,7 @@ impl ParquetSink {
         opts: &ParquetOptions,
         dataset: &str,
     ) -> Result<ParquetSink> {
-        let level = ZstdLevel::try_new(opts.zstd_level)
-            .map_err(|e| Error::usage(format!("invalid zstd level {}: {e}", opts.zstd_level)))?;
-        let kv = opts
-            .metadata
-            .iter()
-            .map(|(k, v)| KeyValue::new(k.clone(), v.clone()))
-            .collect();
-        let props = WriterProperties::builder()
-            .set_compression(Compression::ZSTD(level))
-            .set_statistics_enabled(EnabledStatistics::Page)
-            .set_max_row_group_row_count(Some(opts.row_group_rows))
-            .set_created_by(format!("jdop version {}", env!("CARGO_PKG_VERSION")))
-            .set_key_value_metadata(Some(kv))
-            .build();
+        let props = writer_props(opts)?;
         Ok(ParquetSink {
             dir,
             prefix: String::new(),
