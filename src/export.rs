@@ -154,16 +154,15 @@ pub async fn export(cfg: &ExportConfig, reporter: Arc<dyn Reporter>) -> Result<S
         }
         let pages = fetch::page_count(total_before, cfg.limits.page_size);
         rep.on_plan(&dataset, total_before, pages);
-        let mut early = match &encoder {
-            Some(enc) => Some(EarlyGroups::start(
+        let mut early = encoder.as_ref().map(|enc| {
+            EarlyGroups::start(
                 enc.clone(),
                 spool.clone(),
                 pages,
                 group_pages,
                 cfg.detect.clone(),
-            )),
-            None => None,
-        };
+            )
+        });
         let fetched = {
             let mut hook = |n: u64, inf: &crate::schema::Inferrer, rows: &[u32]| {
                 if let Some(e) = early.as_mut() {
