@@ -180,7 +180,13 @@ pub async fn export(cfg: &ExportConfig, reporter: Arc<dyn Reporter>) -> Result<S
             )
             .await?
         };
+        let fetch_done = clock.elapsed();
         groups = early.map(EarlyGroups::finish).unwrap_or_default();
+        tracing::debug!(
+            "pass {attempts}: pages in at {:.2}s, early row groups done at {:.2}s",
+            fetch_done.as_secs_f64(),
+            clock.elapsed().as_secs_f64()
+        );
         pages_reused += fetched.reused;
         let (total_after, date_after) =
             total_and_date(&client, &cfg.limits, &counters, rep).await?;
@@ -321,6 +327,7 @@ pub async fn export(cfg: &ExportConfig, reporter: Arc<dyn Reporter>) -> Result<S
     let files = tokio::task::spawn_blocking(move || job.run())
         .await
         .map_err(|e| Error::Internal(format!("the writer stopped: {e}")))??;
+    tracing::debug!("files written at {:.2}s", clock.elapsed().as_secs_f64());
     let written: u64 = files.iter().map(|f| f.rows).sum();
     if written != rows && !schema.columns.is_empty() {
         return Err(Error::Internal(format!(

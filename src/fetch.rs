@@ -376,6 +376,13 @@ pub async fn fetch_pages(
     let page_size = limits.page_size;
     let adaptive = Adaptive::new(limits.concurrency);
     let adaptive = &adaptive;
+    // A request's slot is free as soon as its body is in: the page is processed
+    // (parsed, inferred, spooled) on rayon while the next request is on the wire.
+    type Processed = Result<(u32, Inferrer, u64)>;
+    enum Step {
+        Reused(u64, (u32, Inferrer, u64)),
+        Fetched(u64, tokio::sync::oneshot::Receiver<Processed>),
+    }
     let mut stream = futures::stream::iter(1..=pages)
         .map(|p| {
             let dataset = dataset.clone();
@@ -391,10 +398,7 @@ pub async fn fetch_pages(
                     })
                     .await?;
                     match reused {
-                        Ok(out) => {
-                            reporter.on_page(p, out.0 as u64);
-                            return Ok::<_, Error>((p, out, true));
-                        }
+                        Ok(out) => return Ok::<_, Error>(Step::Reused(p, out)),
                         // A damaged spool page (a disk fault, a hand edit) is fetched again.
                         Err(e) => {
                             tracing::warn!("spooled page {p} of `{dataset}` is unusable, fetching it again: {e}");
@@ -412,10 +416,11 @@ pub async fn fetch_pages(
                     reporter,
                 )
                 .await?;
-                let ds = dataset.clone();
-                let out = on_rayon(move || process_page(&spool, &ds, p, &body)).await??;
-                reporter.on_page(p, out.0 as u64);
-                Ok::<_, Error>((p, out, false))
+                let (tx, rx) = tokio::sync::oneshot::channel();
+                rayon::spawn(move || {
+                    let _ = tx.send(process_page(&spool, &dataset, p, &body));
+                });
+                Ok(Step::Fetched(p, rx))
             }
         })
         .buffer_unordered(limits.concurrency.max(1));
@@ -426,7 +431,34 @@ pub async fn fetch_pages(
     let mut reused = 0;
     let mut pending: BTreeMap<u64, (u32, Inferrer, u64)> = BTreeMap::new();
     let mut next = 1u64;
-    while let Some((p, out, was_reused)) = stream.try_next().await? {
+    let mut processing = futures::stream::FuturesUnordered::new();
+    // Bodies waiting for processing at most (memory bound when the CPU lags).
+    let max_processing = 4 * limits.concurrency.max(1);
+    let mut fetching = true;
+    loop {
+        let (p, out, was_reused) = tokio::select! {
+            step = stream.try_next(), if fetching && processing.len() < max_processing => {
+                match step? {
+                    Some(Step::Reused(p, out)) => (p, out, true),
+                    Some(Step::Fetched(p, rx)) => {
+                        processing.push(async move { (p, rx.await) });
+                        continue;
+                    }
+                    None => {
+                        fetching = false;
+                        continue;
+                    }
+                }
+            }
+            Some((p, done)) = processing.next(), if !processing.is_empty() => {
+                let out = done.map_err(|_| {
+                    Error::Internal("a worker thread stopped without an answer".into())
+                })??;
+                (p, out, false)
+            }
+            else => break,
+        };
+        reporter.on_page(p, out.0 as u64);
         reused += was_reused as u64;
         pending.insert(p, out);
         let before = next;

@@ -191,14 +191,7 @@ impl Staging {
             .ok()
             .and_then(|t| serde_json::from_str(&t).ok());
         if previous.as_ref() == Some(state) && spool.is_dir() {
-            let pages = fs::read_dir(&spool)
-                .map(|d| {
-                    d.flatten()
-                        .filter(|e| e.file_name().to_string_lossy().ends_with(".json"))
-                        .count() as u64
-                })
-                .unwrap_or(0);
-            return Ok(pages);
+            return Ok(crate::spool::Spool::count(&spool));
         }
         self.clear_spool()?;
         let text = serde_json::to_string_pretty(state).expect("serializes");
