@@ -252,6 +252,55 @@ pub async fn call_adaptive(
     counters: &Counters,
     reporter: &dyn Reporter,
 ) -> Result<Vec<u8>> {
+    let check = |body: Vec<u8>| {
+        let ok = match op {
+            Op::Data => parse_page(&body).map(|_| ()),
+            _ => crate::platform::parse_envelope(&body).map(|_| ()),
+        };
+        ok.map(|_| body)
+    };
+    call_checked(
+        client, op, page, policy, adaptive, counters, reporter, check,
+    )
+    .await
+}
+
+/// A page's record array (the envelope checked once, inside the retry loop).
+pub async fn call_page(
+    client: &Client,
+    page: (u64, u32),
+    policy: &Limits,
+    adaptive: Option<&Adaptive>,
+    counters: &Counters,
+    reporter: &dyn Reporter,
+) -> Result<String> {
+    let check = |body: Vec<u8>| parse_page(&body).map(std::borrow::Cow::into_owned);
+    call_checked(
+        client,
+        Op::Data,
+        Some(page),
+        policy,
+        adaptive,
+        counters,
+        reporter,
+        check,
+    )
+    .await
+}
+
+/// One call with retries; `check` turns the body into the answer or a (maybe
+/// transient) error.
+#[allow(clippy::too_many_arguments)]
+async fn call_checked<T>(
+    client: &Client,
+    op: Op,
+    page: Option<(u64, u32)>,
+    policy: &Limits,
+    adaptive: Option<&Adaptive>,
+    counters: &Counters,
+    reporter: &dyn Reporter,
+    check: impl Fn(Vec<u8>) -> std::result::Result<T, CallError>,
+) -> Result<T> {
     let started = Instant::now();
     let retries = AtomicU32::new(0);
     let gate = policy.gate.clone();
@@ -278,12 +327,7 @@ pub async fn call_adaptive(
         counters.requests.fetch_add(1, Ordering::Relaxed);
         let result = async {
             let body = client.call_raw(op, page).await?;
-            let checked = match op {
-                Op::Data => parse_page(&body).map(|_| ()),
-                _ => crate::platform::parse_envelope(&body).map(|_| ()),
-            };
-            checked.map_err(|e| client.redact_err(e))?;
-            Ok::<_, CallError>(body)
+            check(body).map_err(|e| client.redact_err(e))
         }
         .await;
         if let Some(a) = adaptive {
@@ -406,10 +450,9 @@ pub async fn fetch_pages(
                         }
                     }
                 }
-                let body = call_adaptive(
+                let array = call_page(
                     client,
-                    Op::Data,
-                    Some((p, page_size)),
+                    (p, page_size),
                     limits,
                     Some(adaptive),
                     counters,
@@ -418,7 +461,7 @@ pub async fn fetch_pages(
                 .await?;
                 let (tx, rx) = tokio::sync::oneshot::channel();
                 rayon::spawn(move || {
-                    let _ = tx.send(process_page(&spool, &dataset, p, &body));
+                    let _ = tx.send(process_array(&spool, &dataset, p, &array, true));
                 });
                 Ok(Step::Fetched(p, rx))
             }
@@ -489,23 +532,6 @@ fn page_error(dataset: &str, page: u64, source: PageError) -> Error {
         page,
         source: Box::new(source),
     }
-}
-
-/// Splits a page, infers its schema and spools its record array.
-fn process_page(
-    spool: &Spool,
-    dataset: &str,
-    page: u64,
-    body: &[u8],
-) -> Result<(u32, Inferrer, u64)> {
-    let array = parse_page(body).map_err(|e| {
-        page_error(
-            dataset,
-            page,
-            PageError::Spool(std::io::Error::other(e.to_string())),
-        )
-    })?;
-    process_array(spool, dataset, page, &array, true)
 }
 
 /// Infers a page's schema, hashes its records and (for fetched pages) spools them.

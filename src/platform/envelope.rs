@@ -96,23 +96,29 @@ pub fn parse_envelope(body: &[u8]) -> Result<Envelope<'_>, CallError> {
 pub const MAX_NESTING: usize = 128;
 
 /// Whether arrays/objects nest deeper than `limit` (brackets inside strings ignored).
+/// String contents are skipped with `memchr` (most of a page is strings).
 fn nesting_exceeds(body: &[u8], limit: usize) -> bool {
     let mut depth = 0usize;
-    let mut in_string = false;
-    let mut escaped = false;
-    for &b in body {
-        if in_string {
-            if escaped {
-                escaped = false;
-            } else if b == b'\\' {
-                escaped = true;
-            } else if b == b'"' {
-                in_string = false;
+    let mut i = 0;
+    while i < body.len() {
+        match body[i] {
+            b'"' => {
+                // Skip to the closing quote, stepping over escapes.
+                i += 1;
+                loop {
+                    if i >= body.len() {
+                        return false;
+                    }
+                    match memchr::memchr2(b'"', b'\\', &body[i..]) {
+                        None => return false,
+                        Some(k) if body[i + k] == b'\\' => i += k + 2,
+                        Some(k) => {
+                            i += k;
+                            break;
+                        }
+                    }
+                }
             }
-            continue;
-        }
-        match b {
-            b'"' => in_string = true,
             b'[' | b'{' => {
                 depth += 1;
                 if depth > limit {
@@ -122,6 +128,7 @@ fn nesting_exceeds(body: &[u8], limit: usize) -> bool {
             b']' | b'}' => depth = depth.saturating_sub(1),
             _ => {}
         }
+        i += 1;
     }
     false
 }
@@ -327,6 +334,24 @@ pub fn parse_date_text(s: &str) -> Option<String> {
     DateTime::parse_from_rfc3339(s)
         .ok()
         .map(|dt| format_naive(dt.with_timezone(&shanghai()).naive_local()))
+}
+
+#[cfg(test)]
+mod nesting_tests {
+    use super::*;
+
+    #[test]
+    fn brackets_in_strings_and_escapes_do_not_count() {
+        let deep = format!("{}{}", "[".repeat(129), "]".repeat(129));
+        assert!(nesting_exceeds(deep.as_bytes(), 128));
+        let quoted = format!(r#"["{}\"{}"]"#, "[".repeat(200), "{".repeat(200));
+        assert!(!nesting_exceeds(quoted.as_bytes(), 128));
+        assert!(!nesting_exceeds(br#"["a\\"]"#, 1));
+        assert!(!nesting_exceeds(br#"["unterminated\"#, 1));
+        assert!(!nesting_exceeds(br#"""#, 1));
+        let after_escape = format!(r#"["\\"{}"#, "[".repeat(5));
+        assert!(nesting_exceeds(after_escape.as_bytes(), 3));
+    }
 }
 
 #[cfg(test)]
