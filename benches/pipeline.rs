@@ -113,10 +113,12 @@ fn stages(c: &mut Criterion) {
         g.bench_function("csv_encode", |b| {
             let header: Vec<String> = schema.columns.iter().map(|c| c.name.clone()).collect();
             b.iter(|| {
+                let targets = schema.columns.iter().map(|c| c.typed).collect();
                 let mut sink = CsvSink::new(
                     dir.path().to_path_buf(),
                     header.clone(),
-                    false,
+                    targets,
+                    Default::default(),
                     None,
                     "cata_1",
                 );

@@ -78,7 +78,8 @@ impl Converter {
 
     /// Decodes several pages (in order) into one batch. The error names the page
     /// (by its position in `pages`, which the caller maps to a page number).
-    pub fn decode(&self, pages: &[&str]) -> Result<RecordBatch, (usize, PageError)> {
+    /// Pages are record arrays as bytes (the decoder checks UTF-8 itself).
+    pub fn decode<P: AsRef<[u8]>>(&self, pages: &[P]) -> Result<RecordBatch, (usize, PageError)> {
         let rows_hint: usize = pages.len() * 200;
         let mut decoder = ReaderBuilder::new(self.decode_schema.clone())
             .with_batch_size(rows_hint.max(1))
@@ -93,13 +94,18 @@ impl Converter {
         let mut flushed = 0usize;
         for (i, page) in pages.iter().enumerate() {
             let owned;
-            let text: &str = if self.rewrite {
-                owned = self.rewrite_page(page).map_err(|e| (i, e))?;
-                &owned
+            let mut bytes: &[u8] = if self.rewrite {
+                let text = std::str::from_utf8(page.as_ref()).map_err(|e| {
+                    (
+                        i,
+                        PageError::Spool(std::io::Error::new(std::io::ErrorKind::InvalidData, e)),
+                    )
+                })?;
+                owned = self.rewrite_page(text).map_err(|e| (i, e))?;
+                owned.as_bytes()
             } else {
-                page
+                page.as_ref()
             };
-            let mut bytes = text.as_bytes();
             while !bytes.is_empty() {
                 let n = decoder.decode(bytes).map_err(|e| (i, convert_err(e)))?;
                 if n == 0 {

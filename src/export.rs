@@ -783,15 +783,14 @@ fn decode_pages(
             let texts = group
                 .iter()
                 .map(|&p| {
-                    spool.read_page(p).map_err(|e| Error::Page {
+                    spool.read_page_bytes(p).map_err(|e| Error::Page {
                         dataset: dataset.to_string(),
                         page: p,
                         source: Box::new(crate::error::PageError::Spool(e)),
                     })
                 })
                 .collect::<Result<Vec<_>>>()?;
-            let refs: Vec<&str> = texts.iter().map(String::as_str).collect();
-            conv.decode(&refs).map_err(|(i, source)| Error::Page {
+            conv.decode(&texts).map_err(|(i, source)| Error::Page {
                 dataset: dataset.to_string(),
                 page: group[i],
                 source: Box::new(source),
@@ -861,8 +860,9 @@ impl WriteJob {
             source: Box::new(e),
         };
         let file = crate::sink::HashingFile::create(&path)?;
-        let mut asm = Assembler::new(file, &schema, crate::sink::writer_props(&self.parquet)?)
-            .map_err(werr)?;
+        // File-level properties (key-value metadata); the chunks bring their own.
+        let props = crate::sink::writer_props(&self.parquet)?;
+        let mut asm = Assembler::new(file, &schema, &props).map_err(werr)?;
         let n_groups = self.pages.div_ceil(group_pages);
         groups.resize_with(n_groups as usize, || None);
         for (k, group) in groups.into_iter().enumerate() {

@@ -115,6 +115,12 @@ impl Spool {
     }
 
     pub fn read_page(&self, page: u64) -> std::io::Result<String> {
+        let buf = self.read_page_bytes(page)?;
+        String::from_utf8(buf).map_err(|e| std::io::Error::new(std::io::ErrorKind::InvalidData, e))
+    }
+
+    /// A page's bytes, not checked for UTF-8 (for readers that check as they go).
+    pub fn read_page_bytes(&self, page: u64) -> std::io::Result<Vec<u8>> {
         let Some((at, len)) = self
             .inner
             .pages
@@ -130,7 +136,7 @@ impl Spool {
         };
         let mut buf = vec![0; len as usize];
         self.inner.data.read_exact_at(&mut buf, at)?;
-        String::from_utf8(buf).map_err(|e| std::io::Error::new(std::io::ErrorKind::InvalidData, e))
+        Ok(buf)
     }
 
     /// Forgets a page (a damaged one, fetched again).

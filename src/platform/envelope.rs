@@ -57,7 +57,11 @@ pub fn parse_envelope(body: &[u8]) -> Result<Envelope<'_>, CallError> {
             "JSON nested deeper than {MAX_NESTING} levels"
         )));
     }
-    let raw: RawEnvelope<'_> = serde_json::from_slice(body).map_err(|e| {
+    // One UTF-8 check of the whole body; serde_json then reads it as `str` and
+    // does not check every string (and raw value) again.
+    let text = std::str::from_utf8(body)
+        .map_err(|e| not_envelope(format!("invalid JSON: the body is not UTF-8 ({e})")))?;
+    let raw: RawEnvelope<'_> = serde_json::from_str(text).map_err(|e| {
         let reason = if e.is_eof() {
             "truncated JSON".to_string()
         } else {

@@ -19,7 +19,7 @@ use std::fs::File;
 use std::io::Write;
 use std::os::unix::fs::FileExt;
 use std::path::Path;
-use std::sync::{Arc, Mutex};
+use std::sync::{Arc, Mutex, OnceLock};
 
 use arrow_array::{new_null_array, ArrayRef, RecordBatch};
 use arrow_schema::{DataType, SchemaRef};
@@ -32,6 +32,7 @@ use parquet::column::page_store::{PageKey, PageStore, PageStoreArgs, PageStoreFa
 use parquet::errors::ParquetError;
 use parquet::file::properties::{WriterProperties, WriterPropertiesPtr};
 use parquet::file::writer::SerializedFileWriter;
+use parquet::schema::types::ColumnPath;
 use rayon::prelude::*;
 
 /// Encoded pages of column chunks, appended to one file, read back once.
@@ -115,6 +116,45 @@ impl PageStoreFactory for SpillFactory {
     }
 }
 
+/// Whether more than half of a column's first sampled non-null values differ.
+fn mostly_distinct(arrays: &[ArrayRef]) -> bool {
+    use arrow_array::cast::AsArray;
+    use arrow_array::types::*;
+    use std::collections::HashSet;
+    use std::hash::{BuildHasher, RandomState};
+    let hasher = RandomState::new();
+    let mut seen: HashSet<u64> = HashSet::new();
+    let mut n = 0usize;
+    'arrays: for a in arrays {
+        for i in 0..a.len() {
+            if a.is_null(i) {
+                continue;
+            }
+            let h = match a.data_type() {
+                DataType::Utf8 => hasher.hash_one(a.as_string::<i32>().value(i)),
+                DataType::Int64 => hasher.hash_one(a.as_primitive::<Int64Type>().value(i)),
+                DataType::Decimal128(..) => {
+                    hasher.hash_one(a.as_primitive::<Decimal128Type>().value(i))
+                }
+                DataType::Float64 => {
+                    hasher.hash_one(a.as_primitive::<Float64Type>().value(i).to_bits())
+                }
+                DataType::Date32 => hasher.hash_one(a.as_primitive::<Date32Type>().value(i)),
+                DataType::Timestamp(..) => {
+                    hasher.hash_one(a.as_primitive::<TimestampMillisecondType>().value(i))
+                }
+                _ => return false,
+            };
+            seen.insert(h);
+            n += 1;
+            if n >= DICTIONARY_SAMPLE {
+                break 'arrays;
+            }
+        }
+    }
+    n > 0 && seen.len() * 2 > n
+}
+
 /// Leaf columns of a field in the Parquet schema.
 fn leaves(t: &DataType) -> usize {
     match t {
@@ -137,27 +177,57 @@ pub struct EncodedGroup {
 /// Encodes columns of row groups with the snapshot's writer properties.
 #[derive(Clone)]
 pub struct GroupEncoder {
-    props: WriterPropertiesPtr,
+    base: WriterProperties,
+    /// The properties once the dictionary choice is made (from the first row group).
+    decided: Arc<OnceLock<WriterPropertiesPtr>>,
     spill: SpillFactory,
 }
+
+/// Values sampled per column to choose its dictionary encoding.
+const DICTIONARY_SAMPLE: usize = 10_000;
 
 impl GroupEncoder {
     pub fn new(props: WriterProperties, spill: SpillFactory) -> GroupEncoder {
         GroupEncoder {
-            props: Arc::new(props),
+            base: props,
+            decided: Arc::new(OnceLock::new()),
             spill,
         }
     }
 
+    /// Chooses, once, which columns skip dictionary encoding: those whose first
+    /// 10,000 values in the first row group are more than half distinct (codes,
+    /// ids, amounts). A dictionary there costs time and makes the file larger.
+    /// `None` (no first row group to look at) keeps dictionaries everywhere.
+    pub fn decide(&self, first: Option<(&SchemaRef, &[Vec<ArrayRef>])>) {
+        self.decided.get_or_init(|| {
+            let mut b = self.base.clone().into_builder();
+            if let Some((schema, columns)) = first {
+                for (f, arrays) in schema.fields().iter().zip(columns) {
+                    if mostly_distinct(arrays) {
+                        b = b.set_column_dictionary_enabled(
+                            ColumnPath::from(f.name().as_str()),
+                            false,
+                        );
+                    }
+                }
+            }
+            Arc::new(b.build())
+        });
+    }
+
+    /// The properties in force (dictionaries everywhere if nothing was decided).
+    pub fn props(&self) -> WriterPropertiesPtr {
+        self.decide(None);
+        self.decided.get().expect("decided above").clone()
+    }
+
     fn writers(&self, schema: &SchemaRef) -> parquet::errors::Result<Vec<ArrowColumnWriter>> {
+        let props = self.props();
         let descr = ArrowSchemaConverter::new()
-            .with_coerce_types(self.props.coerce_types())
+            .with_coerce_types(props.coerce_types())
             .convert(schema)?;
-        let dummy = SerializedFileWriter::new(
-            std::io::sink(),
-            descr.root_schema_ptr(),
-            self.props.clone(),
-        )?;
+        let dummy = SerializedFileWriter::new(std::io::sink(), descr.root_schema_ptr(), props)?;
         ArrowRowGroupWriterFactory::new(&dummy, schema.clone())
             .with_page_store_factory(Arc::new(self.spill.clone()))
             .create_column_writers(0)
@@ -295,8 +365,9 @@ impl<W: Write + Send> Assembler<W> {
     pub fn new(
         out: W,
         schema: &SchemaRef,
-        mut props: WriterProperties,
+        props: &WriterProperties,
     ) -> parquet::errors::Result<Assembler<W>> {
+        let mut props = props.clone();
         let descr = ArrowSchemaConverter::new()
             .with_coerce_types(props.coerce_types())
             .convert(schema)?;

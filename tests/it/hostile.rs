@@ -24,7 +24,7 @@ fn run(body: &[u8]) -> Result<usize, (String, bool)> {
     let schema = Inferrer::observe_page(&records).finish();
     if !schema.columns.is_empty() {
         let batch = Converter::new(&schema)
-            .decode(&[&array])
+            .decode(&[array.as_bytes()])
             .map_err(|(_, e)| (format!("{e}: {:?}", std::error::Error::source(&e)), false))?;
         assert_eq!(batch.num_rows(), n);
     }
