@@ -44,7 +44,7 @@ use jdop::convert::Converter;
 use jdop::platform::split_records;
 use jdop::schema::{InferredSchema, Inferrer};
 use jdop::sim::{DatasetSpec, Typing};
-use jdop::sink::{ParquetOptions, ParquetSink};
+use jdop::sink::ParquetOptions;
 use parquet::arrow::arrow_writer::{compute_leaves, ArrowColumnChunk, ArrowRowGroupWriterFactory};
 use parquet::arrow::{ArrowSchemaConverter, ArrowWriter};
 use parquet::basic::{Compression, ZstdLevel};
@@ -75,13 +75,8 @@ fn cpu_seconds() -> f64 {
 struct Stages {
     read: Duration,
     pages: Duration,
-    infer: Duration,
-    /// Parallel decoding of the windows (wall time).
-    decode: Duration,
-    /// `ParquetSink::write` on the calling thread (encoding, zstd, hashing, IO).
-    write: Duration,
-    /// `ParquetSink::close`: last row group, footer, sync.
-    close: Duration,
+    /// `jdop::export::pages_to_parquet`: spool, inference, row groups, file.
+    convert: Duration,
 }
 
 #[derive(Debug, Clone)]
@@ -149,43 +144,13 @@ fn infer(pages: &[String]) -> Result<InferredSchema> {
     Ok(inf.finish())
 }
 
-/// One window of pages decoded in groups of 8 on rayon, in order.
-#[inline(never)]
-fn decode_window(
-    conv: &Converter,
-    chunk: &[String],
-    first_page: usize,
-) -> Result<Vec<RecordBatch>> {
-    chunk
-        .par_chunks(PAGES_PER_BATCH)
-        .enumerate()
-        .map(|(g, group)| {
-            let refs: Vec<&str> = group.iter().map(String::as_str).collect();
-            conv.decode(&refs)
-                .map_err(|(i, e)| anyhow!("page {}: {e}", first_page + g * PAGES_PER_BATCH + i))
-        })
-        .collect()
-}
-
-#[inline(never)]
-fn write_batches(sink: &mut ParquetSink, batches: &[RecordBatch]) -> Result<u64> {
-    let mut rows = 0;
-    for b in batches {
-        if b.num_rows() > 0 {
-            sink.write(b)?;
-            rows += b.num_rows() as u64;
-        }
-    }
-    Ok(rows)
-}
-
 /// jdop's path: NDJSON file -> pages -> schema -> batches -> Parquet, as
 /// `WriteJob::parquet` in src/export.rs (decode a window in parallel, then write it).
 fn jdop_convert(
     ndjson: &Path,
     out: &Path,
     level: i32,
-    threads: usize,
+    _threads: usize,
 ) -> Result<(Run, SchemaRef, u64)> {
     let cpu0 = cpu_seconds();
     let t0 = Instant::now();
@@ -199,39 +164,21 @@ fn jdop_convert(
     drop(text);
     st.pages = t.elapsed();
 
+    // The exporter's path: pages spooled and inferred on rayon, row groups encoded
+    // (columns in parallel) as soon as their pages are in, the file assembled.
     let t = Instant::now();
-    let schema = infer(&pages)?;
-    st.infer = t.elapsed();
-
-    let conv = Converter::new(&schema);
     let opts = ParquetOptions {
         zstd_level: level,
         ..Default::default()
     };
-    let mut sink = ParquetSink::new(
-        out.to_path_buf(),
-        conv.schema().clone(),
-        None,
-        &opts,
-        "cata_1",
-    )?;
-    let window = PAGES_PER_BATCH * threads.max(1) * 2;
-    let mut rows = 0u64;
-    for (w, chunk) in pages.chunks(window).enumerate() {
-        let t = Instant::now();
-        let batches = decode_window(&conv, chunk, w * window + 1)?;
-        st.decode += t.elapsed();
-        let t = Instant::now();
-        rows += write_batches(&mut sink, &batches)?;
-        st.write += t.elapsed();
-    }
-    let t = Instant::now();
-    let files = sink.close()?;
-    st.close = t.elapsed();
+    let (schema, files) =
+        jdop::export::pages_to_parquet(&pages, out, &opts, &Default::default(), PAGE_SIZE as u32)?;
+    st.convert = t.elapsed();
 
     let secs = t0.elapsed().as_secs_f64();
     let cpu = cpu_seconds() - cpu0;
     let bytes = files.iter().map(|f| f.bytes).sum();
+    let rows = files.iter().map(|f| f.rows).sum();
     Ok((
         Run {
             secs,
@@ -239,7 +186,7 @@ fn jdop_convert(
             bytes,
             stages: Some(st),
         },
-        conv.schema().clone(),
+        schema.arrow(),
         rows,
     ))
 }
@@ -658,20 +605,17 @@ fn main() -> Result<()> {
     );
 
     println!("\njdop stages of the best run (ms, wall):\n");
-    println!("| zstd | read file | lines -> pages | infer (rayon) | decode (rayon) | ParquetSink::write (serial) | close | total |");
-    println!("|---|---|---|---|---|---|---|---|");
+    println!("| zstd | read file | lines -> pages | pages -> Parquet (pages_to_parquet) | total |");
+    println!("|---|---|---|---|---|");
     for c in &configs {
         let (Tool::Jdop { level }, Some(s)) = (c.tool, c.best().stages.as_ref()) else {
             continue;
         };
         println!(
-            "| {level} | {} | {} | {} | {} | {} | {} | {:.0} |",
+            "| {level} | {} | {} | {} | {:.0} |",
             ms(s.read),
             ms(s.pages),
-            ms(s.infer),
-            ms(s.decode),
-            ms(s.write),
-            ms(s.close),
+            ms(s.convert),
             c.best().secs * 1e3
         );
     }

@@ -381,6 +381,75 @@ pub async fn export(cfg: &ExportConfig, reporter: Arc<dyn Reporter>) -> Result<S
     Ok(Summary { out, manifest })
 }
 
+/// The bytes-of-pages -> Parquet path of an export, without the network (for
+/// benchmarks and conversions of saved pages): record arrays in page order are
+/// spooled and inferred on rayon, row groups encoded as soon as their pages are in,
+/// the file assembled as `dir/part-00000.parquet`. `dir` gets a `.jdop-work` folder
+/// for the spool, removed at the end.
+pub fn pages_to_parquet(
+    pages: &[String],
+    dir: &std::path::Path,
+    parquet: &ParquetOptions,
+    detect: &DetectOptions,
+    page_size: u32,
+) -> Result<(InferredSchema, Vec<FileEntry>)> {
+    let work = dir.join(".jdop-work");
+    std::fs::create_dir_all(&work).map_err(|e| Error::io("create", &work, e))?;
+    let result = (|| {
+        let spool = Spool::create(work.join("spool"))?;
+        let spill = SpillFile::create(&work.join("spill.bin"))
+            .map_err(|e| Error::io("create", work.join("spill.bin"), e))?;
+        let encoder = GroupEncoder::new(crate::sink::writer_props(parquet)?, SpillFactory(spill));
+        let n = pages.len() as u64;
+        let group_pages = (parquet.row_group_rows as u64 / page_size.max(1) as u64).max(1);
+        let mut early = EarlyGroups::start(
+            encoder.clone(),
+            spool.clone(),
+            n,
+            group_pages,
+            detect.clone(),
+        );
+        let mut inferrer = crate::schema::Inferrer::default();
+        let mut rows: Vec<u32> = Vec::with_capacity(pages.len());
+        for (c, chunk) in pages.chunks(64).enumerate() {
+            let base = (c * 64) as u64;
+            let outs: Vec<Result<(u32, crate::schema::Inferrer, u64)>> = chunk
+                .par_iter()
+                .enumerate()
+                .map(|(j, a)| fetch::process_array(&spool, "", base + j as u64 + 1, a, true))
+                .collect();
+            for o in outs {
+                let (r, inf, _) = o?;
+                inferrer.merge(inf);
+                rows.push(r);
+            }
+            early.on_prefix(base + chunk.len() as u64, &inferrer, &rows);
+        }
+        let groups = early.finish();
+        let schema = inferrer
+            .finish_with(detect)
+            .map_err(|m| Error::usage(format!("column `{}` does not fit {}", m.column, m.spec)))?;
+        let job = WriteJob {
+            dataset: String::new(),
+            format: Format::Parquet,
+            rows_per_file: None,
+            csv: CsvOptions::default(),
+            partition_by: None,
+            parquet: parquet.clone(),
+            schema: schema.clone(),
+            pages: n,
+            spool,
+            dir: dir.to_path_buf(),
+            reporter: Arc::new(crate::progress::Silent),
+            early: std::sync::Mutex::new(Some((encoder, groups, group_pages, rows))),
+        };
+        let files = job.run()?;
+        Ok((schema, files))
+    })();
+    let _ = std::fs::remove_dir_all(&work);
+    result
+}
+
 /// A schema inferred without writing data (`jdop schema`).
 pub struct SchemaReport {
     pub schema: InferredSchema,
@@ -801,15 +870,19 @@ fn decode_pages(
 
 fn encode_group(encoder: &GroupEncoder, spool: &Spool, job: &GroupJob) -> Result<EncodedGroup> {
     let conv = Converter::new(&job.schema);
-    let batches = decode_pages(&conv, spool, "", job.first, job.last)?;
+    let batches = match decode_pages(&conv, spool, "", job.first, job.last) {
+        Ok(b) => b,
+        Err(e) => {
+            encoder.decide(None);
+            return Err(e);
+        }
+    };
     let n = conv.schema().fields().len();
+    let columns = GroupEncoder::columns(&batches, n);
+    // The first row group chooses the dictionary encodings of all of them.
+    encoder.decide((job.index == 0).then_some((conv.schema(), &columns[..])));
     encoder
-        .encode(
-            conv.schema(),
-            &GroupEncoder::columns(&batches, n),
-            job.rows,
-            None,
-        )
+        .encode(conv.schema(), &columns, job.rows, None)
         .map_err(|e| Error::Internal(e.to_string()))
 }
 

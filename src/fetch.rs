@@ -536,7 +536,7 @@ fn page_error(dataset: &str, page: u64, source: PageError) -> Error {
 
 /// Infers a page's schema, hashes its records and (for fetched pages) spools them.
 /// A spool write error keeps its OS cause (disk full) and is an output error.
-fn process_array(
+pub(crate) fn process_array(
     spool: &Spool,
     dataset: &str,
     page: u64,
