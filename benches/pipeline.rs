@@ -1,6 +1,7 @@
 //! Stage throughput of the export pipeline on simulator pages (no network):
 //! envelope + record parsing, schema inference, conversion to Arrow, Parquet
-//! encoding (zstd), CSV encoding, and the whole bytes-of-pages -> Parquet path.
+//! encoding (zstd), CSV encoding, and the whole bytes-of-pages -> Parquet path
+//! (serial, and the exporter's pipelined path on all cores).
 //! Each stage is reported in bytes/s (group `*_bytes`) and records/s (`*_records`).
 //!
 //! `cargo bench --bench pipeline`
@@ -126,6 +127,22 @@ fn stages(c: &mut Criterion) {
                     sink.write_records(&split_records(a).unwrap()).unwrap();
                 }
                 black_box(sink.close().unwrap());
+            })
+        });
+        // The exporter's path on 2 cores: spool + inference on rayon, row groups
+        // encoded (columns in parallel) as pages come in, the file assembled.
+        g.bench_function("pages_to_parquet_pipelined", |b| {
+            b.iter(|| {
+                let arrays = record_arrays(&bodies);
+                let (_, files) = jdop::export::pages_to_parquet(
+                    &arrays,
+                    dir.path(),
+                    &ParquetOptions::default(),
+                    &Default::default(),
+                    PAGE_SIZE as u32,
+                )
+                .unwrap();
+                black_box(files.len());
             })
         });
         g.bench_function("pages_to_parquet", |b| {
