@@ -236,6 +236,14 @@ pub async fn export(cfg: &ExportConfig, reporter: Arc<dyn Reporter>) -> Result<S
             );
         }
     };
+    for (col, _, source) in &cfg.detect.types {
+        if *source == crate::schema::TypeSource::Flag
+            && !schema.columns.iter().any(|c| &c.name == col)
+            && schema.rows > 0
+        {
+            rep.warn(&format!("`{dataset}` has no column `{col}` (--type)"));
+        }
+    }
     for c in &schema.columns {
         if let Some(spec) = &c.fallback {
             rep.warn(&format!(
@@ -367,12 +375,7 @@ pub async fn export(cfg: &ExportConfig, reporter: Arc<dyn Reporter>) -> Result<S
     };
     manifest.write(&staging.snapshot())?;
     if !manifest.files.is_empty() {
-        let sql = query_sql(
-            &manifest,
-            &schema,
-            &final_path(&cfg.out),
-            cfg.partition_by.as_deref(),
-        );
+        let sql = query_sql(&manifest, &final_path(&cfg.out));
         let path = staging.snapshot().join(QUERY_FILE);
         std::fs::write(&path, sql).map_err(|e| Error::io("write", &path, e))?;
     }
@@ -536,34 +539,52 @@ fn sql_str(s: &str) -> String {
 }
 
 /// A `CREATE VIEW` over the snapshot's files, with the types DuckDB must not guess.
-fn query_sql(
-    m: &Manifest,
-    schema: &InferredSchema,
-    out: &std::path::Path,
-    part: Option<&str>,
-) -> String {
+fn query_sql(m: &Manifest, out: &std::path::Path) -> String {
     let dir = out.to_string_lossy().replace('\\', "/");
+    format!(
+        "-- {dataset} (update date {date}), {rows} rows: a DuckDB view over this snapshot.\n\
+         -- duckdb -init query.sql, or in DuckDB: .read query.sql; then SELECT * FROM \"{dataset}\";\n\
+         -- Written by jdop {version}; the path is where the snapshot was published.\n\
+         CREATE OR REPLACE VIEW \"{dataset}\" AS\nSELECT * FROM {reader};\n",
+        dataset = m.dataset,
+        date = m.update_date.iso.as_deref().unwrap_or("unknown"),
+        rows = m.rows,
+        version = m.jdop_version,
+        reader = duckdb_reader(m, &dir, ",\n    "),
+    )
+}
+
+/// The DuckDB table function that reads a snapshot in `dir` (as DuckDB will see
+/// the path) with the snapshot's types: Hive partitions with their column's type,
+/// CSV with every column's type (DuckDB must not guess: `01425` stays text).
+pub fn duckdb_reader(m: &Manifest, dir: &str, sep: &str) -> String {
+    let part = m.partition_by.as_deref();
     let glob = if part.is_some() { "**/*" } else { "*" };
     let files = sql_str(&format!("{dir}/{glob}.{}", m.format.extension()));
+    let ty = |t: &str| {
+        t.parse::<arrow_schema::DataType>()
+            .map(|t| duckdb_type(&t))
+            .unwrap_or_else(|_| "VARCHAR".into())
+    };
     let mut opts = Vec::new();
     if let Some(col) = part {
-        let ty = schema
+        let t = m
             .columns
             .iter()
             .find(|c| c.name == col)
-            .map(|c| duckdb_type(&c.data_type()))
+            .map(|c| ty(&c.arrow_type))
             .unwrap_or_else(|| "VARCHAR".into());
         opts.push("hive_partitioning = true".to_string());
-        opts.push(format!("hive_types = {{{}: '{ty}'}}", sql_str(col)));
+        opts.push(format!("hive_types = {{{}: '{t}'}}", sql_str(col)));
     }
     let reader = match m.format {
         Format::Parquet => "read_parquet",
         Format::Csv => {
-            let cols: Vec<String> = schema
+            let cols: Vec<String> = m
                 .columns
                 .iter()
                 .filter(|c| Some(c.name.as_str()) != part)
-                .map(|c| format!("{}: '{}'", sql_str(&c.name), duckdb_type(&c.data_type())))
+                .map(|c| format!("{}: '{}'", sql_str(&c.name), ty(&c.arrow_type)))
                 .collect();
             opts.push("header = true".into());
             opts.push("auto_detect = false".into());
@@ -574,17 +595,10 @@ fn query_sql(
     let args = std::iter::once(files)
         .chain(opts)
         .collect::<Vec<_>>()
-        .join(",\n    ");
-    format!(
-        "-- {dataset} (update date {date}), {rows} rows: a DuckDB view over this snapshot.\n\
-         -- duckdb -init query.sql, or in DuckDB: .read query.sql; then SELECT * FROM \"{dataset}\";\n\
-         -- Written by jdop {version}; the path is where the snapshot was published.\n\
-         CREATE OR REPLACE VIEW \"{dataset}\" AS\nSELECT * FROM {reader}(\n    {args}\n);\n",
-        dataset = m.dataset,
-        date = m.update_date.iso.as_deref().unwrap_or("unknown"),
-        rows = m.rows,
-        version = m.jdop_version,
-    )
+        .join(sep);
+    let open = if sep.contains('\n') { "(\n    " } else { "(" };
+    let close = if sep.contains('\n') { "\n)" } else { ")" };
+    format!("{reader}{open}{args}{close}")
 }
 
 /// The first value (page order) that does not fit the type asked for.

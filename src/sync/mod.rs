@@ -577,10 +577,7 @@ pub fn write_catalog(cfg: &SyncConfig) -> Result<()> {
             ));
             continue;
         }
-        let reader = match m.format {
-            Format::Parquet => format!("read_parquet('{rel}/*.parquet')"),
-            Format::Csv => format!("read_csv('{rel}/*.csv', header = true, all_varchar = true)"),
-        };
+        let reader = crate::export::duckdb_reader(&m, &rel, ", ");
         sql.push_str(&format!(
             "CREATE OR REPLACE VIEW \"{}\" AS SELECT * FROM {reader};\n",
             job.id

@@ -438,3 +438,11 @@ fn schema_command_prints_types_and_its_json_pins_an_export() {
         .to_string_lossy()
         .contains("staging")));
 }
+
+#[test]
+fn a_type_for_a_column_that_does_not_exist_is_warned_about() {
+    let (env, _) = fixed_env(platform_records());
+    env.export("cata_1", "snap", &["-q", "--type", "金額=decimal"])
+        .ok()
+        .stderr_has("has no column `金額` (--type)");
+}
