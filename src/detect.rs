@@ -383,6 +383,10 @@ fn float_prints_back(s: &str) -> bool {
 impl Detector {
     /// Observes one raw JSON value (a string, number, boolean, null, or nested).
     pub fn observe_raw(&mut self, raw: &str) {
+        if self.mask == 0 {
+            // Nothing can be typed any more; `values` only matters while it can.
+            return;
+        }
         match raw.as_bytes().first() {
             Some(b'n') => {}
             Some(b'{') | Some(b'[') => self.mask = 0,

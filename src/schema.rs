@@ -100,6 +100,13 @@ impl Kind {
     /// Widens `self` so that it also holds `other` (see the module rules).
     pub fn merge(&mut self, other: Kind) {
         use Kind::*;
+        // The common case: the same scalar again, or nothing new.
+        if matches!(
+            (&*self, &other),
+            (Str, Str) | (Int, Int) | (Float, Float) | (Bool, Bool) | (Json, _) | (_, Unknown)
+        ) {
+            return;
+        }
         let merged = match (std::mem::replace(self, Unknown), other) {
             (Unknown, x) | (x, Unknown) => x,
             (Json, _) | (_, Json) => Json,
@@ -260,13 +267,27 @@ pub struct Inferrer {
     rows: u64,
     /// Per column, the record number in which it was last counted.
     counted_in: Vec<u64>,
+    /// Per key position in a record, the column it was last time: records of a
+    /// page share their key order, so this usually saves the hash lookup.
+    hints: Vec<usize>,
 }
 
 impl Inferrer {
     pub fn observe(&mut self, record: &RawRecord<'_>) {
         self.rows += 1;
-        for (key, raw) in record {
-            let i = self.columns.slot(key);
+        for (pos, (key, raw)) in record.iter().enumerate() {
+            let i = match self.hints.get(pos) {
+                Some(&h) if self.columns.fields.get(h).is_some_and(|f| f.0 == *key) => h,
+                _ => {
+                    let i = self.columns.slot(key);
+                    if pos < self.hints.len() {
+                        self.hints[pos] = i;
+                    } else {
+                        self.hints.push(i);
+                    }
+                    i
+                }
+            };
             if i == self.stats.len() {
                 self.stats.push(ColumnStats::default());
                 self.counted_in.push(0);

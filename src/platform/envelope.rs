@@ -239,8 +239,12 @@ impl<'de: 'a, 'a> Deserialize<'de> for Ordered<'a> {
     }
 }
 
-/// Splits a record array into ordered records.
+/// Splits a record array into ordered records (in one pass; a page that fails it
+/// is read again in two to say which record is not an object).
 pub fn split_records(array: &str) -> Result<PageRecords<'_>, PageError> {
+    if let Ok(records) = serde_json::from_str::<Vec<Ordered<'_>>>(array) {
+        return Ok(records.into_iter().map(|o| o.0).collect());
+    }
     let items: Vec<&RawValue> = serde_json::from_str(array)?;
     let mut out = Vec::with_capacity(items.len());
     for (index, item) in items.into_iter().enumerate() {
