@@ -548,9 +548,8 @@ pub(crate) fn process_array(
     if write {
         spool.write_page(page, array)?;
     }
-    let mut h = std::collections::hash_map::DefaultHasher::new();
-    std::hash::Hash::hash(array.as_bytes(), &mut h);
-    Ok((records.len() as u32, inf, std::hash::Hasher::finish(&h)))
+    let hash = twox_hash::XxHash3_64::oneshot(array.as_bytes());
+    Ok((records.len() as u32, inf, hash))
 }
 
 #[cfg(test)]
