@@ -26,7 +26,8 @@ Exit codes:
   5    the platform answered something that is not its JSON envelope or a page of records
   6    the snapshot could not be written (disk full, permissions, ...)
   7    the dataset changed during the export (rerun, or --allow-inconsistent)
-  8    the schema changed and the dataset's policy is freeze (sync)
+  8    the schema changed and the dataset's policy is freeze (sync), or a value
+       does not fit a type asked for (--type, --schema, pin_types)
   9    sync: at least one dataset failed
   10   another jdop run holds the lock (of the sync root, or of the same --out)
   130  interrupted (Ctrl-C, SIGTERM); nothing was published; the same command resumes
@@ -174,7 +175,9 @@ pub struct DetectArgs {
     pub no_detect: bool,
 
     /// The type of a column, checked against every value (repeatable):
-    /// COL=string|int64|float64|bool|decimal|decimal(P,S)|date|date:yyyyMMdd|timestamp|epoch_ms
+    /// COL=string|int64|float64|bool|decimal|decimal(P,S)|date|date:PATTERN|timestamp|
+    /// timestamp:PATTERN|epoch_ms (patterns: yyyy-MM-dd, yyyy/MM/dd, yyyy年MM月dd日,
+    /// yyyyMMdd, yyyy-MM-dd HH:mm:ss[.SSS], ...; epoch_ms gives a UTC timestamp)
     #[arg(long = "type", value_name = "COL=TYPE")]
     pub types: Vec<String>,
 
@@ -183,13 +186,14 @@ pub struct DetectArgs {
           default_missing_value = "true", value_name = "BOOL")]
     pub empty_as_null: bool,
 
-    /// Read datetime text as this zone's local time: Asia/Shanghai gives
-    /// Timestamp(ms, "Asia/Shanghai"); default: timestamps without a time zone
-    #[arg(long, value_name = "ZONE", value_parser = ["Asia/Shanghai", "none"])]
+    /// Read datetime text as China Standard Time: Asia/Shanghai (or +08:00) gives
+    /// Timestamp(ms, "+08:00"), a fixed UTC+8 so values read back as written;
+    /// default: timestamps without a time zone
+    #[arg(long, value_name = "ZONE", value_parser = ["Asia/Shanghai", "+08:00", "none"])]
     pub timezone: Option<String>,
 
-    /// Pin column types from a file: a previous snapshot's manifest.json, or a JSON
-    /// object {"COL": "TYPE", ...}; --type wins over it
+    /// Pin column types from a file: a previous snapshot's manifest.json, the output
+    /// of `jdop schema --json`, or a JSON object {"COL": "TYPE", ...}; --type wins over it
     #[arg(long, value_name = "FILE")]
     pub schema: Option<PathBuf>,
 
@@ -563,7 +567,7 @@ impl DetectArgs {
         let mut opts = DetectOptions {
             detect: !self.no_detect,
             empty_as_null: self.empty_as_null,
-            shanghai: self.timezone.as_deref() == Some("Asia/Shanghai"),
+            shanghai: matches!(self.timezone.as_deref(), Some("Asia/Shanghai" | "+08:00")),
             on_mismatch: match self.on_mismatch {
                 OnMismatchArg::Error => OnMismatch::Error,
                 OnMismatchArg::String => OnMismatch::String,
@@ -571,17 +575,22 @@ impl DetectArgs {
             ..DetectOptions::default()
         };
         for t in &self.types {
-            let (col, ty) = t.split_once('=').ok_or_else(|| {
-                Error::usage(format!(
-                    "--type `{t}`: expected COL=TYPE, e.g. 金额=decimal"
-                ))
-            })?;
+            let (col, ty) = t
+                .split_once('=')
+                .filter(|(c, _)| !c.is_empty())
+                .ok_or_else(|| {
+                    Error::usage(format!(
+                        "--type `{t}`: expected COL=TYPE, e.g. 金额=decimal"
+                    ))
+                })?;
             let spec =
                 TypeSpec::parse(ty).map_err(|e| Error::usage(format!("--type `{t}`: {e}")))?;
             opts.types.push((col.to_string(), spec, TypeSource::Flag));
         }
         if let Some(path) = &self.schema {
             let file = jdop::schema::SchemaFile::load(path)?;
+            // A zoned timestamp in the file pins the zone too.
+            opts.shanghai |= file.shanghai;
             for (col, spec) in file.types {
                 if opts.asked(&col).is_none() {
                     opts.types.push((col, spec, TypeSource::SchemaFile));
@@ -594,15 +603,20 @@ impl DetectArgs {
 }
 
 impl OutputArgs {
-    pub fn csv(&self) -> CsvOptions {
-        CsvOptions {
+    pub fn csv(&self) -> Result<CsvOptions> {
+        if self.csv_bom && matches!(self.csv_encoding, CsvEncodingArg::Gb18030) {
+            return Err(Error::usage(
+                "--csv-bom is UTF-8 with a byte-order mark; it does not go with --csv-encoding gb18030",
+            ));
+        }
+        Ok(CsvOptions {
             encoding: match (self.csv_encoding, self.csv_bom) {
                 (CsvEncodingArg::Gb18030, _) => CsvEncoding::Gb18030,
                 (CsvEncodingArg::Utf8Bom, _) | (_, true) => CsvEncoding::Utf8Bom,
                 (CsvEncodingArg::Utf8, false) => CsvEncoding::Utf8,
             },
             crlf: matches!(self.csv_line_ending, LineEndingArg::Crlf),
-        }
+        })
     }
 
     /// Settings for an export of `target` into `out`.
@@ -634,7 +648,7 @@ impl OutputArgs {
             },
             client,
             rows_per_file: self.rows_per_file,
-            csv: self.csv(),
+            csv: self.csv()?,
             parquet: ParquetOptions {
                 zstd_level: self.zstd_level,
                 row_group_rows: self.row_group_rows as usize,

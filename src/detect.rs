@@ -28,7 +28,7 @@
 //! - `datetime-text`: one shape for the whole column: `yyyy-MM-dd HH:mm:ss`, with
 //!   `.SSS`, with `T` instead of the space, `yyyy/MM/dd HH:mm:ss[.SSS]`, or
 //!   `yyyy-MM-dd HH:mm` -> `Timestamp(ms)` without a time zone, or with
-//!   `Asia/Shanghai` when asked (`--timezone Asia/Shanghai`). A date-only value in a
+//!   UTC+8 when asked (`--timezone Asia/Shanghai`: `Timestamp(ms, "+08:00")`). A date-only value in a
 //!   datetime column, or a column mixing shapes, stays `Utf8`.
 //! - `text`: anything else stays `Utf8`, exactly as sent.
 //!
@@ -49,8 +49,10 @@ use arrow_array::{Array, ArrayRef};
 use arrow_schema::{DataType, TimeUnit};
 use chrono::{Datelike, NaiveDate};
 
-/// The time zone a naive datetime is read in, when asked.
-pub const SHANGHAI: &str = "Asia/Shanghai";
+/// The zone label of datetimes read as China Standard Time (`--timezone
+/// Asia/Shanghai`): a fixed UTC+8, so that every value reads back as written
+/// (the IANA zone's 1986-1991 summer time would move those years by an hour).
+pub const SHANGHAI: &str = "+08:00";
 const SHANGHAI_OFFSET_MS: i64 = 8 * 3_600_000;
 
 /// Date shapes, in order of preference.

@@ -286,15 +286,22 @@ pub struct TypeMismatch {
     pub value: String,
     pub wanted: String,
     pub source_name: String,
+    /// What to do about it.
+    pub hint: String,
 }
 
 impl std::fmt::Display for TypeMismatch {
     fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
         write!(
             f,
-            "`{}` page {}: column `{}` value {} does not fit {} (from {}); fix the type, \
-             or --on-mismatch string keeps the column as text",
-            self.dataset, self.page, self.column, self.value, self.wanted, self.source_name
+            "`{}` page {}: column `{}` value {} does not fit {} (from {}); {}",
+            self.dataset,
+            self.page,
+            self.column,
+            self.value,
+            self.wanted,
+            self.source_name,
+            self.hint
         )
     }
 }

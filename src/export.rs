@@ -230,10 +230,10 @@ pub async fn export(cfg: &ExportConfig, reporter: Arc<dyn Reporter>) -> Result<S
     let schema = match fetched.inferrer.finish_with(&cfg.detect) {
         Ok(s) => s,
         Err(m) => {
-            let (spool, ds, empty_ok) = (spool.clone(), dataset.clone(), cfg.detect.empty_as_null);
-            return Err(
-                fetch::on_rayon(move || mismatch_error(&spool, &ds, pages, m, empty_ok)).await?,
-            );
+            let (sp, ds, empty_ok) = (spool.clone(), dataset.clone(), cfg.detect.empty_as_null);
+            let e = fetch::on_rayon(move || mismatch_error(&sp, &ds, pages, m, empty_ok)).await?;
+            staging.keep_spool();
+            return Err(e);
         }
     };
     for (col, _, source) in &cfg.detect.types {
@@ -242,6 +242,14 @@ pub async fn export(cfg: &ExportConfig, reporter: Arc<dyn Reporter>) -> Result<S
             && schema.rows > 0
         {
             rep.warn(&format!("`{dataset}` has no column `{col}` (--type)"));
+        }
+    }
+    for c in &schema.columns {
+        if c.rule == "schema-file" && c.stats.present == 0 && schema.rows > 0 {
+            rep.warn(&format!(
+                "`{dataset}`: column `{}` of the schema file is not in the data; written as nulls",
+                c.name
+            ));
         }
     }
     for c in &schema.columns {
@@ -256,7 +264,7 @@ pub async fn export(cfg: &ExportConfig, reporter: Arc<dyn Reporter>) -> Result<S
     if let Some(col) = &cfg.partition_by {
         match schema.columns.iter().find(|c| &c.name == col) {
             None if rows > 0 => {
-                return Err(Error::usage(format!(
+                let e = Error::usage(format!(
                     "--partition-by `{col}`: `{dataset}` has no such column (columns: {})",
                     schema
                         .columns
@@ -264,12 +272,15 @@ pub async fn export(cfg: &ExportConfig, reporter: Arc<dyn Reporter>) -> Result<S
                         .map(|c| c.name.as_str())
                         .collect::<Vec<_>>()
                         .join(", ")
-                )))
+                ));
+                staging.keep_spool();
+                return Err(e);
             }
             Some(c) if matches!(c.kind, Kind::Struct(_) | Kind::List(_)) => {
+                staging.keep_spool();
                 return Err(Error::usage(format!(
                     "--partition-by `{col}`: a nested column cannot name a folder"
-                )))
+                )));
             }
             _ => {}
         }
@@ -332,9 +343,17 @@ pub async fn export(cfg: &ExportConfig, reporter: Arc<dyn Reporter>) -> Result<S
             encoder.map(|e| (e, groups, group_pages, fetched.page_rows.clone())),
         ),
     };
-    let files = tokio::task::spawn_blocking(move || job.run())
+    let files = match tokio::task::spawn_blocking(move || job.run())
         .await
-        .map_err(|e| Error::Internal(format!("the writer stopped: {e}")))??;
+        .map_err(|e| Error::Internal(format!("the writer stopped: {e}")))?
+    {
+        Ok(f) => f,
+        Err(e @ Error::Usage { .. }) => {
+            staging.keep_spool();
+            return Err(e);
+        }
+        Err(e) => return Err(e),
+    };
     tracing::debug!("files written at {:.2}s", clock.elapsed().as_secs_f64());
     let written: u64 = files.iter().map(|f| f.rows).sum();
     if written != rows && !schema.columns.is_empty() {
@@ -372,6 +391,7 @@ pub async fn export(cfg: &ExportConfig, reporter: Arc<dyn Reporter>) -> Result<S
         schema_changes,
         keys,
         partition_by: cfg.partition_by.clone(),
+        csv: (cfg.format == Format::Csv).then_some(cfg.csv),
     };
     manifest.write(&staging.snapshot())?;
     if !manifest.files.is_empty() {
@@ -545,13 +565,25 @@ fn query_sql(m: &Manifest, out: &std::path::Path) -> String {
         "-- {dataset} (update date {date}), {rows} rows: a DuckDB view over this snapshot.\n\
          -- duckdb -init query.sql, or in DuckDB: .read query.sql; then SELECT * FROM \"{dataset}\";\n\
          -- Written by jdop {version}; the path is where the snapshot was published.\n\
-         CREATE OR REPLACE VIEW \"{dataset}\" AS\nSELECT * FROM {reader};\n",
+         {encodings}CREATE OR REPLACE VIEW \"{dataset}\" AS\nSELECT * FROM {reader};\n",
+        encodings = encodings_sql(m),
         dataset = m.dataset,
         date = m.update_date.iso.as_deref().unwrap_or("unknown"),
         rows = m.rows,
         version = m.jdop_version,
         reader = duckdb_reader(m, &dir, ",\n    "),
     )
+}
+
+/// GB18030 CSV needs DuckDB's `encodings` extension (downloaded once by INSTALL).
+pub fn encodings_sql(m: &Manifest) -> &'static str {
+    if m.csv
+        .is_some_and(|c| c.encoding == crate::sink::CsvEncoding::Gb18030)
+    {
+        "-- GB18030 text: DuckDB reads it with its encodings extension.\nINSTALL encodings;\nLOAD encodings;\n"
+    } else {
+        ""
+    }
 }
 
 /// The DuckDB table function that reads a snapshot in `dir` (as DuckDB will see
@@ -588,6 +620,11 @@ pub fn duckdb_reader(m: &Manifest, dir: &str, sep: &str) -> String {
                 .collect();
             opts.push("header = true".into());
             opts.push("auto_detect = false".into());
+            if m.csv
+                .is_some_and(|c| c.encoding == crate::sink::CsvEncoding::Gb18030)
+            {
+                opts.push("encoding = 'gb18030'".into());
+            }
             opts.push(format!("columns = {{{}}}", cols.join(", ")));
             "read_csv"
         }
@@ -603,11 +640,21 @@ pub fn duckdb_reader(m: &Manifest, dir: &str, sep: &str) -> String {
 
 /// The first value (page order) that does not fit the type asked for.
 fn mismatch_error(spool: &Spool, dataset: &str, pages: u64, m: Mismatch, empty_ok: bool) -> Error {
-    let source_name = match m.source {
-        crate::schema::TypeSource::Flag => "--type",
-        crate::schema::TypeSource::SchemaFile => "--schema",
-    }
-    .to_string();
+    let (source_name, hint) = match m.source {
+        crate::schema::TypeSource::Flag => (
+            "--type",
+            "fix the type, or --on-mismatch string keeps the column as text",
+        ),
+        crate::schema::TypeSource::SchemaFile => (
+            "--schema",
+            "fix the type, or --on-mismatch string keeps the column as text",
+        ),
+        crate::schema::TypeSource::Previous => (
+            "the previous snapshot, pin_types",
+            "the dataset's values changed type; pin_types = false lets the type follow them",
+        ),
+    };
+    let (source_name, hint) = (source_name.to_string(), hint.to_string());
     let wanted = m.spec.to_string();
     let err = |page: u64, value: String| {
         Error::TypeMismatch(Box::new(crate::error::TypeMismatch {
@@ -617,6 +664,7 @@ fn mismatch_error(spool: &Spool, dataset: &str, pages: u64, m: Mismatch, empty_o
             value,
             wanted: wanted.clone(),
             source_name: source_name.clone(),
+            hint: hint.clone(),
         }))
     };
     let mut text = String::new();
@@ -1117,6 +1165,7 @@ impl WriteJob {
                         if sinks.len() >= MAX_PARTITIONS {
                             return Err(too_many_partitions(&self.dataset, col));
                         }
+                        check_partition_value(col, key.as_deref())?;
                         let sub = hive::partition_dir(col, key.as_deref());
                         sinks.push(new_sink().in_subdir(&sub)?);
                         index.insert(key, sinks.len() - 1);
@@ -1137,6 +1186,21 @@ impl WriteJob {
         files.sort_by(|a, b| a.path.cmp(&b.path));
         Ok(files)
     }
+}
+
+/// A value too long for a folder name would be cut: readers could not recover it
+/// from the path, and the column is not in the files. Refused (the spool is kept).
+fn check_partition_value(col: &str, value: Option<&str>) -> Result<()> {
+    if hive::is_lossless(col, value) {
+        return Ok(());
+    }
+    Err(Error::usage(format!(
+        "--partition-by `{col}`: the value {} ({} bytes) is too long for a folder name; \
+         readers could not get it back from the path. Partition by a column with short values \
+         (the fetched pages are kept: the next run does not download them again)",
+        crate::error::quote_value(value.unwrap_or_default()),
+        value.map_or(0, str::len)
+    )))
 }
 
 /// Distinct values of a `--partition-by` column at most (each is an open file).
@@ -1232,6 +1296,7 @@ impl Partitions {
                     if self.sinks.len() >= MAX_PARTITIONS {
                         return Err(too_many_partitions(&self.dataset, &self.column));
                     }
+                    check_partition_value(&self.column, key.as_deref())?;
                     let sub_dir = hive::partition_dir(&self.column, key.as_deref());
                     let sink = ParquetSink::new(
                         self.dir.clone(),

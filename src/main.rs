@@ -112,6 +112,14 @@ async fn schema(args: SchemaArgs) -> Result<()> {
     let rep = progress::for_stderr(true);
     let s = jdop::export::infer_schema(&client, &limits, args.sample_pages, &detect, rep.as_ref())
         .await?;
+    for (col, _, _) in &detect.types {
+        if !s.schema.columns.iter().any(|c| &c.name == col) && s.schema.rows > 0 {
+            jdop::say!(
+                "warning: `{}` has no column `{col}` (--type)",
+                client.target().dataset
+            );
+        }
+    }
     let columns = s.schema.describe();
     if args.json {
         let v = serde_json::json!({

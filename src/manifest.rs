@@ -61,6 +61,9 @@ pub struct Manifest {
     /// The files are in Hive folders `COLUMN=value/` (the column is not in them).
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub partition_by: Option<String>,
+    /// CSV files: their encoding and line ending.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub csv: Option<crate::sink::CsvOptions>,
 }
 
 fn one() -> u32 {
@@ -259,6 +262,16 @@ impl Staging {
     }
 }
 
+impl Staging {
+    /// After an error that a changed command line fixes (a type that does not fit,
+    /// a partition column): keeps the spool so that the next run reuses every
+    /// fetched page, and drops the partial files.
+    pub fn keep_spool(mut self) {
+        let _ = fs::remove_dir_all(self.snapshot());
+        self.keep = true;
+    }
+}
+
 impl Drop for Staging {
     fn drop(&mut self) {
         if !self.keep {
@@ -442,6 +455,7 @@ mod tests {
             schema_changes: None,
             keys: None,
             partition_by: None,
+            csv: None,
         }
     }
 

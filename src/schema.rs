@@ -408,7 +408,7 @@ pub struct DetectOptions {
     pub detect: bool,
     /// Empty strings in a typed column become null (else the column stays text).
     pub empty_as_null: bool,
-    /// Datetimes are Asia/Shanghai time (`Timestamp(ms, "Asia/Shanghai")`).
+    /// Datetimes are China Standard Time (`Timestamp(ms, "+08:00")`).
     pub shanghai: bool,
     /// Types asked for, by column: `--type` wins over `--schema`.
     pub types: Vec<(String, TypeSpec, TypeSource)>,
@@ -443,6 +443,8 @@ pub enum TypeSource {
     Flag,
     /// `--schema FILE`
     SchemaFile,
+    /// The previous snapshot's types (`pin_types` in `jdop sync`).
+    Previous,
 }
 
 impl TypeSource {
@@ -450,6 +452,7 @@ impl TypeSource {
         match self {
             TypeSource::Flag => "type-flag",
             TypeSource::SchemaFile => "schema-file",
+            TypeSource::Previous => "pinned-previous",
         }
     }
 }
@@ -646,6 +649,8 @@ pub struct SchemaFile {
     pub types: Vec<(String, TypeSpec)>,
     /// Column order of the file.
     pub order: Vec<String>,
+    /// A datetime column of the file is zoned (UTC+8).
+    pub shanghai: bool,
 }
 
 impl SchemaFile {
@@ -664,6 +669,7 @@ impl SchemaFile {
             let cols: Vec<ColumnInfo> = serde_json::from_str(cols.get())
                 .map_err(|e| format!("`columns` is not a jdop manifest's column list: {e}"))?;
             for c in cols {
+                out.shanghai |= is_zoned_datetime(&c.arrow_type, c.format.as_deref());
                 if let Some(spec) = TypeSpec::from_manifest(&c.arrow_type, c.format.as_deref()) {
                     out.types.push((c.name.clone(), spec));
                 }
@@ -680,6 +686,12 @@ impl SchemaFile {
         }
         Ok(out)
     }
+}
+
+/// A datetime column typed from text in UTC+8 (`--timezone`), by its manifest type.
+pub fn is_zoned_datetime(arrow_type: &str, format: Option<&str>) -> bool {
+    format != Some("epoch_ms")
+        && matches!(arrow_type.parse::<DataType>(), Ok(DataType::Timestamp(_, Some(tz))) if &*tz == crate::detect::SHANGHAI || &*tz == "Asia/Shanghai")
 }
 
 /// What to do when a dataset's columns change against its previous snapshot.

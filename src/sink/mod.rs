@@ -52,7 +52,7 @@ pub enum CsvEncoding {
     Gb18030,
 }
 
-#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize)]
 pub struct CsvOptions {
     pub encoding: CsvEncoding,
     /// `\r\n` line endings (else `\n`).

@@ -578,6 +578,9 @@ pub fn write_catalog(cfg: &SyncConfig) -> Result<()> {
             continue;
         }
         let reader = crate::export::duckdb_reader(&m, &rel, ", ");
+        if !crate::export::encodings_sql(&m).is_empty() && !sql.contains("LOAD encodings;") {
+            sql.push_str(crate::export::encodings_sql(&m));
+        }
         sql.push_str(&format!(
             "CREATE OR REPLACE VIEW \"{}\" AS SELECT * FROM {reader};\n",
             job.id
@@ -613,14 +616,16 @@ fn detect_options(
         ..Default::default()
     };
     if let (true, Some(m)) = (s.pin_types, previous) {
+        // Types only: a column gone from the data is not kept (the manifest's
+        // schema_changes reports it, and `schema = "freeze"` can act on it).
         for c in &m.columns {
             if let Some(spec) =
                 crate::detect::TypeSpec::from_manifest(&c.arrow_type, c.format.as_deref())
             {
                 opts.types
-                    .push((c.name.clone(), spec, crate::schema::TypeSource::SchemaFile));
+                    .push((c.name.clone(), spec, crate::schema::TypeSource::Previous));
             }
-            opts.order.push(c.name.clone());
+            opts.shanghai |= crate::schema::is_zoned_datetime(&c.arrow_type, c.format.as_deref());
         }
     }
     opts

@@ -430,7 +430,7 @@ fn sync_pins_previous_types_partitions_and_encodes_csv() {
     let pinned = m.columns.iter().find(|c| c.name == "金额").unwrap();
     assert_eq!(
         (pinned.arrow_type.as_str(), pinned.rule.as_str()),
-        ("Decimal128(18, 2)", "schema-file")
+        ("Decimal128(18, 2)", "pinned-previous")
     );
     let snaps = snapshots(&env, "cata_2");
     let dir = env.path(&format!("mirror/cata_2/{}", snaps[0]));

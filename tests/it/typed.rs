@@ -220,10 +220,28 @@ fn shanghai_time_zone_is_applied_when_asked() {
     env.export("cata_1", "snap", &["-q", "--timezone", "Asia/Shanghai"])
         .ok();
     let m = manifest(&env.path("snap"));
-    assert!(m.columns[0].arrow_type.contains("Asia/Shanghai"));
+    assert!(
+        m.columns[0].arrow_type.contains("+08:00"),
+        "{}",
+        m.columns[0].arrow_type
+    );
     let b = read_parquet(&env.path("snap"));
     let ts = b[0].column(0).as_primitive::<TimestampMillisecondType>();
     assert_eq!(ts.value(0), 1000, "08:00:01 in Shanghai is 00:00:01 UTC");
+    // Its manifest pins the zone as well as the type.
+    let prev = env.path("snap").join("manifest.json");
+    env.export(
+        "cata_1",
+        "again",
+        &["-q", "--schema", prev.to_str().unwrap()],
+    )
+    .ok();
+    let m = manifest(&env.path("again"));
+    assert!(
+        m.columns[0].arrow_type.contains("+08:00"),
+        "{}",
+        m.columns[0].arrow_type
+    );
 }
 
 /// Values that must not escape the output folder and must come back intact.
@@ -248,7 +266,8 @@ pub fn awkward_values() -> Vec<Option<String>> {
     .map(|s| Some(s.to_string()))
     .collect();
     v.push(None);
-    v.push(Some("长".repeat(200)));
+    // Long but within a folder name (a longer one is refused, tested below).
+    v.push(Some("长".repeat(70)));
     v
 }
 
@@ -293,7 +312,7 @@ fn hive_partitions_hold_awkward_values_inside_the_output() {
             let (_, value) = jdop::sink::hive::parse_partition_dir(parts[0]).unwrap();
             seen.push(value);
         }
-        // Every value comes back from its folder name (the long one is shortened).
+        // Every value comes back from its folder name.
         for v in awkward_values() {
             let lossless = jdop::sink::hive::is_lossless("地市", v.as_deref());
             assert_eq!(seen.contains(&v), lossless, "{v:?}");
@@ -445,4 +464,68 @@ fn a_type_for_a_column_that_does_not_exist_is_warned_about() {
     env.export("cata_1", "snap", &["-q", "--type", "金額=decimal"])
         .ok()
         .stderr_has("has no column `金額` (--type)");
+}
+
+#[test]
+fn a_value_too_long_for_a_folder_is_refused_and_the_pages_are_kept() {
+    let mut recs = awkward_records();
+    recs.truncate(3);
+    recs.push(format!(
+        r#"{{"id":"9","地市":"{}","amt":"1.5"}}"#,
+        "长".repeat(200)
+    ));
+    let (env, _) = fixed_env(recs);
+    env.export("cata_1", "snap", &["-q", "--partition-by", "地市"])
+        .fails_with(2)
+        .stderr_has("is too long for a folder name");
+    assert!(!env.path("snap").exists());
+    // The fetched pages were kept: the next run (another column) fetches nothing.
+    env.sim.reset_stats();
+    env.export("cata_1", "snap", &["-q", "--partition-by", "amt"])
+        .ok();
+    assert_eq!(env.sim.stats().data_calls, 0, "pages reused from the spool");
+    assert!(manifest(&env.path("snap")).pages_reused > 0);
+}
+
+#[test]
+fn conflicting_or_empty_options_are_usage_errors() {
+    let (env, _) = fixed_env(platform_records());
+    env.export(
+        "cata_1",
+        "x",
+        &[
+            "-q",
+            "--format",
+            "csv",
+            "--csv-bom",
+            "--csv-encoding",
+            "gb18030",
+        ],
+    )
+    .fails_with(2)
+    .stderr_has("--csv-bom");
+    env.export("cata_1", "x", &["-q", "--type", "=int64"])
+        .fails_with(2)
+        .stderr_has("expected COL=TYPE");
+}
+
+#[test]
+fn gb18030_csv_records_its_encoding_for_query_sql() {
+    let (env, _) = fixed_env(platform_records());
+    env.export(
+        "cata_1",
+        "snap",
+        &["-q", "--format", "csv", "--csv-encoding", "gb18030"],
+    )
+    .ok();
+    let m = manifest(&env.path("snap"));
+    assert_eq!(
+        m.csv.map(|c| c.encoding),
+        Some(jdop::sink::CsvEncoding::Gb18030)
+    );
+    let sql = fs::read_to_string(env.path("snap").join("query.sql")).unwrap();
+    assert!(
+        sql.contains("LOAD encodings;") && sql.contains("encoding = 'gb18030'"),
+        "{sql}"
+    );
 }
