@@ -252,12 +252,29 @@ pub async fn export(cfg: &ExportConfig, reporter: Arc<dyn Reporter>) -> Result<S
             ));
         }
     }
+    let mut fallbacks = Vec::new();
     for c in &schema.columns {
         if let Some(spec) = &c.fallback {
-            rep.warn(&format!(
-                "`{dataset}`: column `{}` does not fit {spec}; kept as text (--on-mismatch string)",
+            // Say which value did not fit, as the error would have.
+            let m = Mismatch {
+                column: c.name.clone(),
+                spec: spec.clone(),
+                source: crate::schema::TypeSource::Flag,
+                nested: false,
+            };
+            let (sp, ds, empty_ok) = (spool.clone(), dataset.clone(), cfg.detect.empty_as_null);
+            let why = match fetch::on_rayon(move || mismatch_error(&sp, &ds, pages, m, empty_ok))
+                .await?
+            {
+                Error::TypeMismatch(t) => format!("page {} value {}", t.page, t.value),
+                other => other.to_string(),
+            };
+            let text = format!(
+                "column `{}` does not fit {spec} ({why}); kept as text (--on-mismatch string)",
                 c.name
-            ));
+            );
+            rep.warn(&format!("`{dataset}`: {text}"));
+            fallbacks.push(text);
         }
     }
     let rows = schema.rows;
@@ -375,7 +392,7 @@ pub async fn export(cfg: &ExportConfig, reporter: Arc<dyn Reporter>) -> Result<S
         total_after,
         rows,
         consistent: reasons.is_empty(),
-        warnings: reasons,
+        warnings: reasons.into_iter().chain(fallbacks).collect(),
         page_size: cfg.limits.page_size,
         pages,
         requests: counters.requests.load(Ordering::Relaxed),

@@ -118,6 +118,13 @@ fn no_detect_keeps_text_and_asked_types_are_checked_against_every_value() {
         ("Utf8", "mismatch-fallback")
     );
     assert_eq!(code.asked_type.as_deref(), Some("int64"));
+    assert!(
+        m.warnings
+            .iter()
+            .any(|w| w.contains("page 1 value \"01420\"")),
+        "{:?}",
+        m.warnings
+    );
 
     // Codes typed on request; epoch milliseconds on request; numbers kept as text.
     env.export(
