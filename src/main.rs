@@ -350,24 +350,20 @@ async fn demo(args: DemoArgs) -> Result<()> {
     print_summary(&summary, args.output.quiet, args.output.json)?;
     if !args.output.quiet {
         let dir = summary.out.display().to_string();
-        let ext = summary.manifest.format;
-        let ext = serde_json::to_value(ext)
-            .ok()
-            .and_then(|v| v.as_str().map(String::from))
-            .unwrap_or_default();
         jdop::say!("files:");
         for f in &summary.manifest.files {
             jdop::say!("  {dir}/{}  ({} rows)", f.path, f.rows);
         }
-        jdop::say!("  {dir}/manifest.json");
-        let reader = if ext == "csv" {
-            "read_csv"
-        } else {
-            "read_parquet"
-        };
+        jdop::say!("  {dir}/manifest.json  (types, rules, checksums)");
+        if summary.manifest.files.is_empty() {
+            return Ok(());
+        }
+        jdop::say!("  {dir}/query.sql  (a DuckDB view with the snapshot's types)");
+        let reader = jdop::export::duckdb_reader(&summary.manifest, &dir, ", ");
         jdop::say!("look at them with DuckDB:");
+        jdop::say!("  duckdb -init {dir}/query.sql    (then: SELECT * FROM cata_3820 LIMIT 10;)");
         jdop::say!(
-            "  duckdb -c \"SELECT 地市, count(*) AS n, sum(CAST(PENAM AS DOUBLE)) AS 罚款 FROM {reader}('{dir}/*.{ext}') GROUP BY 1 ORDER BY 2 DESC\""
+            "  duckdb -c \"SELECT 地市, count(*) AS n, sum(PENAM) AS 罚款 FROM {reader} GROUP BY 1 ORDER BY 2 DESC\""
         );
     }
     Ok(())
