@@ -66,20 +66,7 @@ fn check(env: &Env, out: &str, spec: &DatasetSpec) {
         "columns": m.columns.iter().map(|c| (c.name.clone(), c.arrow_type.clone())).collect::<Vec<_>>(),
         "first": first,
     });
-    let exp_path = env.path(&format!("{out}.expect.json"));
-    std::fs::write(&exp_path, exp.to_string()).unwrap();
-    let script = concat!(env!("CARGO_MANIFEST_DIR"), "/tests/readers.py");
-    let o = Command::new("python3")
-        .arg(script)
-        .arg(&exp_path)
-        .output()
-        .unwrap();
-    assert!(
-        o.status.success(),
-        "readers failed on {out}:\n{}\n{}",
-        String::from_utf8_lossy(&o.stdout),
-        String::from_utf8_lossy(&o.stderr)
-    );
+    run_readers(env, "readers.py", &format!("{out}.expect.json"), &exp);
 }
 
 #[test]
@@ -142,17 +129,22 @@ fn readers_get_typed_columns_and_hive_partitions() {
         "hive_values": values.iter().filter(|v| lossless(v)).collect::<Vec<_>>(),
         "hive_by_id": by_id,
     });
-    let exp_path = env.path("typed.expect.json");
+    run_readers(&env, "readers_typed.py", "typed.expect.json", &exp);
+}
+
+/// Runs `tests/SCRIPT` with the expectations `exp` written to `name` in the env.
+fn run_readers(env: &Env, script: &str, name: &str, exp: &serde_json::Value) {
+    let exp_path = env.path(name);
     std::fs::write(&exp_path, exp.to_string()).unwrap();
-    let script = concat!(env!("CARGO_MANIFEST_DIR"), "/tests/readers_typed.py");
+    let script = format!("{}/tests/{script}", env!("CARGO_MANIFEST_DIR"));
     let o = Command::new("python3")
-        .arg(script)
+        .arg(&script)
         .arg(&exp_path)
         .output()
         .unwrap();
     assert!(
         o.status.success(),
-        "readers failed:\n{}\n{}",
+        "{script} failed on {name}:\n{}\n{}",
         String::from_utf8_lossy(&o.stdout),
         String::from_utf8_lossy(&o.stderr)
     );
