@@ -397,3 +397,50 @@ fn row_groups_encoded_early_are_completed_for_the_final_schema() {
         .iter()
         .all(|g| g.num_columns() == a.columns.len()));
 }
+
+/// The library's pages -> Parquet path (benchmarks use it): row groups encoded as
+/// pages come in, the late key and the changed type completed at the end.
+#[test]
+fn pages_to_parquet_writes_every_record() {
+    let spec = credit(2500, Typing::Typed);
+    let pages: Vec<String> = (0..25u64)
+        .map(|p| {
+            let recs: Vec<String> = (p * 100..(p + 1) * 100).map(|i| spec.record(i)).collect();
+            format!("[{}]", recs.join(","))
+        })
+        .collect();
+    let dir = tempfile::tempdir().unwrap();
+    let opts = jdop::sink::ParquetOptions {
+        row_group_rows: 300,
+        ..Default::default()
+    };
+    let (schema, files) =
+        jdop::export::pages_to_parquet(&pages, dir.path(), &opts, &Default::default(), 100)
+            .unwrap();
+    assert_eq!(files.len(), 1);
+    assert_eq!(files[0].rows, 2500);
+    assert_eq!(schema.rows, 2500);
+    let file = std::fs::File::open(dir.path().join(&files[0].path)).unwrap();
+    let reader = parquet::arrow::arrow_reader::ParquetRecordBatchReaderBuilder::try_new(file)
+        .unwrap()
+        .build()
+        .unwrap();
+    let mut rows = 0;
+    let mut late = 0;
+    for b in reader {
+        let b = b.unwrap();
+        rows += b.num_rows();
+        let i = b.schema().index_of("LATECOL").unwrap();
+        late += b.num_rows() - b.column(i).null_count();
+    }
+    assert_eq!(rows, 2500);
+    assert!(
+        late > 0 && late <= 250,
+        "LATECOL only in the last tenth: {late}"
+    );
+    assert_eq!(
+        names_in(dir.path()),
+        ["part-00000.parquet"],
+        "no work files left"
+    );
+}
