@@ -163,11 +163,25 @@ pub async fn export(cfg: &ExportConfig, reporter: Arc<dyn Reporter>) -> Result<S
                 cfg.detect.clone(),
             )
         });
+        // A type asked for that the pages in so far already refute is refuted for
+        // good: stop there rather than after the last page.
+        let mut refuted: Option<Mismatch> = None;
+        let check_types = !cfg.detect.types.is_empty()
+            && cfg.detect.on_mismatch == crate::schema::OnMismatch::Error;
+        let mut checked = 0u64;
         let fetched = {
             let mut hook = |n: u64, inf: &crate::schema::Inferrer, rows: &[u32]| {
                 if let Some(e) = early.as_mut() {
                     e.on_prefix(n, inf, rows);
                 }
+                if check_types && (n >= checked + group_pages.min(16) || n == pages) {
+                    checked = n;
+                    if let Err(m) = inf.clone().finish_with(&cfg.detect) {
+                        refuted = Some(m);
+                        return false;
+                    }
+                }
+                true
             };
             fetch::fetch_pages(
                 &client,
@@ -182,6 +196,12 @@ pub async fn export(cfg: &ExportConfig, reporter: Arc<dyn Reporter>) -> Result<S
         };
         let fetch_done = clock.elapsed();
         groups = early.map(EarlyGroups::finish).unwrap_or_default();
+        if let Some(m) = refuted {
+            let (sp, ds, empty_ok) = (spool.clone(), dataset.clone(), cfg.detect.empty_as_null);
+            let e = fetch::on_rayon(move || mismatch_error(&sp, &ds, pages, m, empty_ok)).await?;
+            staging.keep_spool();
+            return Err(e);
+        }
         tracing::debug!(
             "pass {attempts}: pages in at {:.2}s, early row groups done at {:.2}s",
             fetch_done.as_secs_f64(),

@@ -403,8 +403,9 @@ pub struct Fetched {
 }
 
 /// Told each time the pages fetched in order grow: the number of pages
-/// `1..=n` in, their merged schema and their row counts.
-pub type PrefixHook<'a> = &'a mut (dyn FnMut(u64, &Inferrer, &[u32]) + Send);
+/// `1..=n` in, their merged schema and their row counts. Returning `false` stops
+/// the fetch (the result then covers only the pages in so far).
+pub type PrefixHook<'a> = &'a mut (dyn FnMut(u64, &Inferrer, &[u32]) -> bool + Send);
 
 /// Fetches pages `1..=pages` into the spool and infers the schema over them.
 pub async fn fetch_pages(
@@ -513,7 +514,11 @@ pub async fn fetch_pages(
         }
         if next > before {
             if let Some(hook) = on_prefix.as_mut() {
-                hook(next - 1, &inferrer, &page_rows);
+                if !hook(next - 1, &inferrer, &page_rows) {
+                    // Stopped: pages that came in out of order are left out.
+                    pending.clear();
+                    break;
+                }
             }
         }
     }

@@ -536,3 +536,34 @@ fn gb18030_csv_records_its_encoding_for_query_sql() {
         "{sql}"
     );
 }
+
+#[test]
+fn a_refuted_type_stops_the_fetch_early_and_keeps_the_pages() {
+    // ORGCODE holds zero-padded codes: `int64` is refuted by the first pages.
+    let spec = DatasetSpec::credit("cata_1", 6000);
+    let env = Env::new(vec![spec.clone()]);
+    env.export(
+        "cata_1",
+        "snap",
+        &[
+            "-q",
+            "--page-size",
+            "50",
+            "-j",
+            "2",
+            "--type",
+            "ORGCODE=int64",
+        ],
+    )
+    .fails_with(8)
+    .stderr_has("column `ORGCODE` value");
+    let first = env.sim.stats().data_calls;
+    assert!(first < 60, "stopped early: {first} of 120 pages fetched");
+    env.sim.reset_stats();
+    env.export("cata_1", "snap", &["-q", "--page-size", "50", "-j", "2"])
+        .ok();
+    let m = manifest(&env.path("snap"));
+    assert!(m.pages_reused > 0);
+    assert_eq!(env.sim.stats().data_calls, 120 - m.pages_reused);
+    assert_parquet_matches(&env.path("snap"), &spec);
+}
