@@ -132,6 +132,7 @@ pub async fn export(cfg: &ExportConfig, reporter: Arc<dyn Reporter>) -> Result<S
     })
     .transpose()?;
     let mut groups: Vec<Option<EncodedGroup>>;
+    let mut pass_encoder: Option<GroupEncoder>;
     let mut total_before = total_before;
     let mut date_before = date_before;
     let mut attempts = 0u32;
@@ -154,7 +155,9 @@ pub async fn export(cfg: &ExportConfig, reporter: Arc<dyn Reporter>) -> Result<S
         }
         let pages = fetch::page_count(total_before, cfg.limits.page_size);
         rep.on_plan(&dataset, total_before, pages);
-        let mut early = encoder.as_ref().map(|enc| {
+        // Each pass chooses its dictionaries afresh (from its own first row group).
+        pass_encoder = encoder.as_ref().map(GroupEncoder::fresh);
+        let mut early = pass_encoder.as_ref().map(|enc| {
             EarlyGroups::start(
                 enc.clone(),
                 spool.clone(),
@@ -377,7 +380,7 @@ pub async fn export(cfg: &ExportConfig, reporter: Arc<dyn Reporter>) -> Result<S
         dir: staging.snapshot(),
         reporter: reporter.clone(),
         early: std::sync::Mutex::new(
-            encoder.map(|e| (e, groups, group_pages, fetched.page_rows.clone())),
+            pass_encoder.map(|e| (e, groups, group_pages, fetched.page_rows.clone())),
         ),
     };
     let files = match tokio::task::spawn_blocking(move || job.run())

@@ -195,6 +195,15 @@ impl GroupEncoder {
         }
     }
 
+    /// The same encoder with no dictionary choice made yet (a new pass).
+    pub fn fresh(&self) -> GroupEncoder {
+        GroupEncoder {
+            base: self.base.clone(),
+            decided: Arc::new(OnceLock::new()),
+            spill: self.spill.clone(),
+        }
+    }
+
     /// Chooses, once, which columns skip dictionary encoding: those whose first
     /// 10,000 values in the first row group are more than half distinct (codes,
     /// ids, amounts). A dictionary there costs time and makes the file larger.
