@@ -54,11 +54,18 @@ impl Spool {
             .len();
         let index_path = dir.join(INDEX);
         let pages = read_index(&index_path, size);
-        let index = OpenOptions::new()
+        let mut index = OpenOptions::new()
             .append(true)
             .create(true)
             .open(&index_path)
             .map_err(|e| Error::io("open", &index_path, e))?;
+        // A line cut by a kill must not run into the next one (`7` + `12 0 5` would
+        // read as page 712): end it, so it is dropped as malformed.
+        if fs::read(&index_path).is_ok_and(|t| t.last().is_some_and(|&b| b != b'\n')) {
+            index
+                .write_all(b"\n")
+                .map_err(|e| Error::io("write", &index_path, e))?;
+        }
         Ok(Spool {
             inner: Arc::new(Inner {
                 dir,
@@ -197,10 +204,15 @@ mod tests {
             .append(true)
             .open(path.join(INDEX))
             .unwrap();
-        ix.write_all(b"7 0").unwrap();
+        ix.write_all(b"7").unwrap();
         let s = Spool::create(&path).unwrap();
         assert!(s.has_page(1));
         assert!(!s.has_page(2) && !s.has_page(7));
+        // The cut line does not swallow the next one.
+        s.write_page(12, "[12]").unwrap();
+        drop(s);
+        let s = Spool::create(&path).unwrap();
+        assert!(s.has_page(12) && !s.has_page(712));
         // A page written after the cut goes after the data that is left.
         s.write_page(2, "[2]").unwrap();
         assert_eq!(s.read_page(2).unwrap(), "[2]");
