@@ -156,7 +156,11 @@ pub async fn export(cfg: &ExportConfig, reporter: Arc<dyn Reporter>) -> Result<S
         let pages = fetch::page_count(total_before, cfg.limits.page_size);
         rep.on_plan(&dataset, total_before, pages);
         // Each pass chooses its dictionaries afresh (from its own first row group).
-        pass_encoder = encoder.as_ref().map(GroupEncoder::fresh);
+        pass_encoder = encoder
+            .as_ref()
+            .map(GroupEncoder::fresh)
+            .transpose()
+            .map_err(|e| Error::io("create", staging.root().join("spill.bin"), e))?;
         let mut early = pass_encoder.as_ref().map(|enc| {
             EarlyGroups::start(
                 enc.clone(),
@@ -198,7 +202,14 @@ pub async fn export(cfg: &ExportConfig, reporter: Arc<dyn Reporter>) -> Result<S
             .await?
         };
         let fetch_done = clock.elapsed();
-        groups = early.map(EarlyGroups::finish).unwrap_or_default();
+        // Waiting for the worker's last row groups must not block this thread (in
+        // `jdop sync` it drives the other datasets' requests too).
+        groups = match early {
+            Some(e) => tokio::task::spawn_blocking(move || e.finish())
+                .await
+                .unwrap_or_default(),
+            None => Vec::new(),
+        };
         if let Some(m) = refuted {
             let (sp, ds, empty_ok) = (spool.clone(), dataset.clone(), cfg.detect.empty_as_null);
             let e = fetch::on_rayon(move || mismatch_error(&sp, &ds, pages, m, empty_ok)).await?;
@@ -485,8 +496,8 @@ pub fn pages_to_parquet(
                 let (r, inf, _) = o?;
                 inferrer.merge(inf);
                 rows.push(r);
+                early.on_prefix(rows.len() as u64, &inferrer, &rows);
             }
-            early.on_prefix(base + chunk.len() as u64, &inferrer, &rows);
         }
         let groups = early.finish();
         let schema = inferrer
@@ -858,6 +869,14 @@ struct EarlyGroups {
     group_pages: u64,
     sent: u64,
     detect: DetectOptions,
+    /// Set when the export gives up (dropped without `finish`): the worker stops.
+    cancel: Arc<std::sync::atomic::AtomicBool>,
+}
+
+impl Drop for EarlyGroups {
+    fn drop(&mut self) {
+        self.cancel.store(true, Ordering::Relaxed);
+    }
 }
 
 struct GroupJob {
@@ -877,11 +896,16 @@ impl EarlyGroups {
         detect: DetectOptions,
     ) -> EarlyGroups {
         let (tx, rx) = std::sync::mpsc::channel::<GroupJob>();
+        let cancel = Arc::new(std::sync::atomic::AtomicBool::new(false));
+        let stop = cancel.clone();
         let worker = std::thread::Builder::new()
             .name("jdop-row-groups".into())
             .spawn(move || {
                 let mut out: Vec<Option<EncodedGroup>> = Vec::new();
                 for job in rx {
+                    if stop.load(Ordering::Relaxed) {
+                        break;
+                    }
                     let index = job.index;
                     let group = encode_group(&encoder, &spool, &job)
                         .map_err(|e| tracing::debug!("row group {index} left for the end: {e}"))
@@ -901,6 +925,7 @@ impl EarlyGroups {
             group_pages,
             sent: 0,
             detect,
+            cancel,
         }
     }
 
@@ -933,6 +958,7 @@ impl EarlyGroups {
 
     fn finish(mut self) -> Vec<Option<EncodedGroup>> {
         drop(self.tx.take());
+        // Not cancelled: the worker ends once the queued row groups are done.
         self.worker
             .take()
             .and_then(|w| w.join().ok())

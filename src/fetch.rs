@@ -505,21 +505,25 @@ pub async fn fetch_pages(
         reporter.on_page(p, out.0 as u64);
         reused += was_reused as u64;
         pending.insert(p, out);
-        let before = next;
+        let mut stop = false;
         while let Some((rows, inf, hash)) = pending.remove(&next) {
             inferrer.merge(inf);
             page_rows.push(rows);
             page_hashes.push(hash);
-            next += 1;
-        }
-        if next > before {
+            // Told of every page, so that what it sees at page n does not depend on
+            // the order the pages arrived in (the output must not).
             if let Some(hook) = on_prefix.as_mut() {
-                if !hook(next - 1, &inferrer, &page_rows) {
-                    // Stopped: pages that came in out of order are left out.
-                    pending.clear();
+                if !hook(next, &inferrer, &page_rows) {
+                    stop = true;
                     break;
                 }
             }
+            next += 1;
+        }
+        if stop {
+            // Pages that came in out of order are left out.
+            pending.clear();
+            break;
         }
     }
     debug_assert!(pending.is_empty());

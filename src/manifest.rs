@@ -268,6 +268,7 @@ impl Staging {
     /// fetched page, and drops the partial files.
     pub fn keep_spool(mut self) {
         let _ = fs::remove_dir_all(self.snapshot());
+        let _ = fs::remove_file(self.root.join("spill.bin"));
         self.keep = true;
     }
 }

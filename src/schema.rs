@@ -665,6 +665,13 @@ impl SchemaFile {
         let raw: &RawValue = serde_json::from_str(text).map_err(|e| e.to_string())?;
         let entries = object_entries(raw).map_err(|_| "expected a JSON object".to_string())?;
         let mut out = SchemaFile::default();
+        let twice = |names: &[String]| {
+            let mut seen = std::collections::HashSet::new();
+            names
+                .iter()
+                .find(|n| !seen.insert(n.as_str()))
+                .map(|n| format!("column `{n}` appears twice"))
+        };
         if let Some((_, cols)) = entries.iter().find(|(k, _)| k == "columns") {
             let cols: Vec<ColumnInfo> = serde_json::from_str(cols.get())
                 .map_err(|e| format!("`columns` is not a jdop manifest's column list: {e}"))?;
@@ -675,7 +682,10 @@ impl SchemaFile {
                 }
                 out.order.push(c.name);
             }
-            return Ok(out);
+            return match twice(&out.order) {
+                Some(e) => Err(e),
+                None => Ok(out),
+            };
         }
         for (k, v) in entries {
             let ty: String = serde_json::from_str(v.get())
@@ -684,7 +694,10 @@ impl SchemaFile {
             out.types.push((k.to_string(), spec));
             out.order.push(k.to_string());
         }
-        Ok(out)
+        match twice(&out.order) {
+            Some(e) => Err(e),
+            None => Ok(out),
+        }
     }
 }
 
@@ -924,6 +937,13 @@ mod tests {
         let s = infer(&[r#"[{"a":"1","a":"2"},{"a":"3"}]"#]);
         assert_eq!(s.describe()[0].missing, 0);
         assert_eq!(s.columns[0].stats.present, 2);
+    }
+
+    #[test]
+    fn a_column_named_twice_in_a_schema_file_is_refused() {
+        let e = SchemaFile::parse(r#"{"a":"int64","a":"string"}"#).unwrap_err();
+        assert!(e.contains("`a` appears twice"), "{e}");
+        assert!(SchemaFile::parse(r#"{"a":"int64","b":"string"}"#).is_ok());
     }
 
     #[test]

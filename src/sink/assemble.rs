@@ -40,6 +40,7 @@ use rayon::prelude::*;
 pub struct SpillFile {
     file: File,
     end: Mutex<u64>,
+    path: std::path::PathBuf,
 }
 
 impl SpillFile {
@@ -53,6 +54,7 @@ impl SpillFile {
         Ok(Arc::new(SpillFile {
             file,
             end: Mutex::new(0),
+            path: path.to_path_buf(),
         }))
     }
 
@@ -195,13 +197,14 @@ impl GroupEncoder {
         }
     }
 
-    /// The same encoder with no dictionary choice made yet (a new pass).
-    pub fn fresh(&self) -> GroupEncoder {
-        GroupEncoder {
+    /// The same encoder for a new pass: no dictionary choice made yet, and an
+    /// empty spill file (the earlier pass's row groups are dropped).
+    pub fn fresh(&self) -> std::io::Result<GroupEncoder> {
+        Ok(GroupEncoder {
             base: self.base.clone(),
             decided: Arc::new(OnceLock::new()),
-            spill: self.spill.clone(),
-        }
+            spill: SpillFactory(SpillFile::create(&self.spill.0.path)?),
+        })
     }
 
     /// Chooses, once, which columns skip dictionary encoding: those whose first
