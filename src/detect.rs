@@ -842,17 +842,7 @@ impl Target {
                 }
             }
             Target::Date(f) => DateFmt::Dash.format(f.parse(s)?, out),
-            Target::Timestamp { format, tz } => {
-                TsFmt {
-                    slash: false,
-                    t: false,
-                    ..format
-                }
-                .format(format.parse(s)?, out);
-                if tz {
-                    out.push_str("+08:00");
-                }
-            }
+            Target::Timestamp { format, tz } => local_text(format, format.parse(s)?, tz, out),
             Target::EpochMs { tz } => {
                 let ms: i64 = s.parse().ok()?;
                 let shift = if tz { SHANGHAI_OFFSET_MS } else { 0 };
@@ -861,6 +851,20 @@ impl Target {
             }
         }
         Some(())
+    }
+}
+
+/// The canonical text of a datetime given as local (naive) milliseconds:
+/// `yyyy-MM-dd HH:mm[:ss[.SSS]]` as the column's shape has them, `+08:00` when zoned.
+fn local_text(format: TsFmt, local_ms: i64, tz: bool, out: &mut String) {
+    TsFmt {
+        slash: false,
+        t: false,
+        ..format
+    }
+    .format(local_ms, out);
+    if tz {
+        out.push_str(SHANGHAI);
     }
 }
 
@@ -899,15 +903,7 @@ pub fn value_text(array: &dyn Array, i: usize, target: Option<Target>) -> Option
             match target? {
                 Target::Timestamp { format, tz } => {
                     let shift = if tz { SHANGHAI_OFFSET_MS } else { 0 };
-                    TsFmt {
-                        slash: false,
-                        t: false,
-                        ..format
-                    }
-                    .format(ms + shift, &mut out);
-                    if tz {
-                        out.push_str("+08:00");
-                    }
+                    local_text(format, ms + shift, tz, &mut out);
                 }
                 t @ Target::EpochMs { .. } => {
                     t.canonical(&ms.to_string(), &mut out)?;

@@ -270,13 +270,8 @@ pub async fn export(cfg: &ExportConfig, reporter: Arc<dyn Reporter>) -> Result<S
             return Err(e);
         }
     };
-    for (col, _, source) in &cfg.detect.types {
-        if *source == crate::schema::TypeSource::Flag
-            && !schema.columns.iter().any(|c| &c.name == col)
-            && schema.rows > 0
-        {
-            rep.warn(&format!("`{dataset}` has no column `{col}` (--type)"));
-        }
+    for col in schema.missing_flag_types(&cfg.detect) {
+        rep.warn(&format!("`{dataset}` has no column `{col}` (--type)"));
     }
     for c in &schema.columns {
         if c.rule == "schema-file" && c.stats.present == 0 && schema.rows > 0 {
@@ -1231,8 +1226,7 @@ impl WriteJob {
                         if sinks.len() >= MAX_PARTITIONS {
                             return Err(too_many_partitions(&self.dataset, col));
                         }
-                        check_partition_value(col, key.as_deref())?;
-                        let sub = hive::partition_dir(col, key.as_deref());
+                        let sub = partition_folder(col, key.as_deref())?;
                         sinks.push(new_sink().in_subdir(&sub)?);
                         index.insert(key, sinks.len() - 1);
                         sinks.len() - 1
@@ -1254,11 +1248,12 @@ impl WriteJob {
     }
 }
 
-/// A value too long for a folder name would be cut: readers could not recover it
-/// from the path, and the column is not in the files. Refused (the spool is kept).
-fn check_partition_value(col: &str, value: Option<&str>) -> Result<()> {
+/// The folder of a partition value. A value too long for a folder name would be
+/// cut: readers could not recover it from the path, and the column is not in the
+/// files. Refused (the spool is kept).
+fn partition_folder(col: &str, value: Option<&str>) -> Result<String> {
     if hive::is_lossless(col, value) {
-        return Ok(());
+        return Ok(hive::partition_dir(col, value));
     }
     Err(Error::usage(format!(
         "--partition-by `{col}`: the value {} ({} bytes) is too long for a folder name; \
@@ -1362,8 +1357,7 @@ impl Partitions {
                     if self.sinks.len() >= MAX_PARTITIONS {
                         return Err(too_many_partitions(&self.dataset, &self.column));
                     }
-                    check_partition_value(&self.column, key.as_deref())?;
-                    let sub_dir = hive::partition_dir(&self.column, key.as_deref());
+                    let sub_dir = partition_folder(&self.column, key.as_deref())?;
                     let sink = ParquetSink::new(
                         self.dir.clone(),
                         self.file_schema.clone(),

@@ -229,26 +229,13 @@ where
         .map_err(|_| Error::Internal("a worker thread stopped without an answer".into()))
 }
 
-/// One call with retries. The envelope is checked inside the retry loop so that
-/// HTML or truncated bodies are retried like any transient failure. `adaptive`
-/// (page fetches) lowers concurrency on throttling and raises it on success.
+/// One call with retries (total, update date). The envelope is checked inside the
+/// retry loop so that HTML or truncated bodies are retried like any transient failure.
 pub async fn call(
     client: &Client,
     op: Op,
     page: Option<(u64, u32)>,
     policy: &Limits,
-    counters: &Counters,
-    reporter: &dyn Reporter,
-) -> Result<Vec<u8>> {
-    call_adaptive(client, op, page, policy, None, counters, reporter).await
-}
-
-pub async fn call_adaptive(
-    client: &Client,
-    op: Op,
-    page: Option<(u64, u32)>,
-    policy: &Limits,
-    adaptive: Option<&Adaptive>,
     counters: &Counters,
     reporter: &dyn Reporter,
 ) -> Result<Vec<u8>> {
@@ -259,10 +246,7 @@ pub async fn call_adaptive(
         };
         ok.map(|_| body)
     };
-    call_checked(
-        client, op, page, policy, adaptive, counters, reporter, check,
-    )
-    .await
+    call_checked(client, op, page, policy, None, counters, reporter, check).await
 }
 
 /// A page's record array (the envelope checked once, inside the retry loop).

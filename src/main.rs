@@ -112,13 +112,11 @@ async fn schema(args: SchemaArgs) -> Result<()> {
     let rep = progress::for_stderr(true);
     let s = jdop::export::infer_schema(&client, &limits, args.sample_pages, &detect, rep.as_ref())
         .await?;
-    for (col, _, _) in &detect.types {
-        if !s.schema.columns.iter().any(|c| &c.name == col) && s.schema.rows > 0 {
-            jdop::say!(
-                "warning: `{}` has no column `{col}` (--type)",
-                client.target().dataset
-            );
-        }
+    for col in s.schema.missing_flag_types(&detect) {
+        jdop::say!(
+            "warning: `{}` has no column `{col}` (--type)",
+            client.target().dataset
+        );
     }
     let columns = s.schema.describe();
     if args.json {

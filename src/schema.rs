@@ -595,6 +595,20 @@ impl InferredSchema {
         ))
     }
 
+    /// Columns named by `--type` that the dataset does not have (a typo, most
+    /// likely); none for an empty dataset.
+    pub fn missing_flag_types<'a>(&self, opts: &'a DetectOptions) -> Vec<&'a str> {
+        opts.types
+            .iter()
+            .filter(|(col, _, source)| {
+                *source == TypeSource::Flag
+                    && self.rows > 0
+                    && !self.columns.iter().any(|c| &c.name == col)
+            })
+            .map(|(col, _, _)| col.as_str())
+            .collect()
+    }
+
     /// The schema arrow-json decodes into: typed columns are read as text first.
     pub fn decode_schema(&self) -> SchemaRef {
         Arc::new(Schema::new(
