@@ -8,13 +8,20 @@
 
 use std::sync::Arc;
 
-use arrow_array::RecordBatch;
+use std::borrow::Cow;
+use std::collections::HashMap;
+
+use arrow_array::builder::{
+    ArrayBuilder, BooleanBuilder, Float64Builder, Int64Builder, StringBuilder,
+};
+use arrow_array::{ArrayRef, RecordBatch};
 use arrow_json::ReaderBuilder;
-use arrow_schema::SchemaRef;
+use arrow_schema::{DataType, SchemaRef};
 use serde_json::value::RawValue;
 
-use crate::detect::Target;
+use crate::detect::{Target, TypedBuilder};
 use crate::error::PageError;
+use crate::platform::records::string_content;
 use crate::platform::{object_entries, split_records};
 use crate::schema::{InferredSchema, Kind, StructKind};
 
@@ -29,6 +36,8 @@ pub struct Converter {
     rewrite: bool,
     /// Keys outside the schema are an error (a schema of some columns only ignores them).
     strict: bool,
+    /// The one-pass builder, for schemas of flat columns only.
+    fast: Option<Arc<FastPlan>>,
 }
 
 impl Converter {
@@ -52,6 +61,7 @@ impl Converter {
             top: Arc::new(top),
             rewrite: schema.needs_json_text(),
             strict: true,
+            fast: FastPlan::new(schema).map(Arc::new),
         }
     }
 
@@ -80,6 +90,88 @@ impl Converter {
     /// (by its position in `pages`, which the caller maps to a page number).
     /// Pages are record arrays as bytes (the decoder checks UTF-8 itself).
     pub fn decode<P: AsRef<[u8]>>(&self, pages: &[P]) -> Result<RecordBatch, (usize, PageError)> {
+        if let Some((batch, _)) = self.decode_fast(pages) {
+            return Ok(batch);
+        }
+        let (text, ends) = self.decode_arrow_json(pages)?;
+        self.finish_typed(text, &ends, pages.len())
+    }
+
+    /// Builds the batch (detected types included) in one pass over each page ([`crate::platform::records`]),
+    /// appending values straight into the column builders. `None` when a page holds
+    /// anything whose conversion is not plain (a key outside the schema, a key
+    /// twice in a record, a value of another shape than its column, invalid JSON):
+    /// arrow-json then decodes the batch and reports the error, if there is one.
+    fn decode_fast<P: AsRef<[u8]>>(&self, pages: &[P]) -> Option<(RecordBatch, Vec<usize>)> {
+        let plan = self.fast.as_deref()?;
+        let bytes: usize = pages.iter().map(|p| p.as_ref().len()).sum();
+        let rows_hint = pages.len() * 200;
+        let per_column = bytes / plan.columns.len().max(1);
+        let mut cols: Vec<FastBuilder> = plan
+            .columns
+            .iter()
+            .map(|c| FastBuilder::new(*c, rows_hint, per_column))
+            .collect();
+        let mut ends = Vec::with_capacity(pages.len());
+        let mut entries = Vec::new();
+        // Per key position, the column it was last time (records share key order).
+        let mut hints: Vec<usize> = Vec::new();
+        let mut rows = 0usize;
+        for page in pages {
+            let text = crate::platform::records::utf8(page.as_ref()).ok()?;
+            let mut ok = true;
+            crate::platform::records::scan(text, &mut entries, |rec| {
+                for (pos, (key, raw)) in rec.iter().enumerate() {
+                    let i = match hints.get(pos) {
+                        Some(&h) if plan.names[h] == *key => h,
+                        _ => match plan.index.get(key.as_ref()) {
+                            Some(&i) => {
+                                if pos < hints.len() {
+                                    hints[pos] = i;
+                                } else {
+                                    hints.push(i);
+                                }
+                                i
+                            }
+                            None if self.strict => {
+                                ok = false;
+                                return false;
+                            }
+                            // arrow-json still reads a skipped value.
+                            None if has_surrogate_escape(raw) => {
+                                ok = false;
+                                return false;
+                            }
+                            None => continue,
+                        },
+                    };
+                    if !cols[i].push(rows, raw) {
+                        ok = false;
+                        return false;
+                    }
+                }
+                rows += 1;
+                true
+            })
+            .ok()?;
+            if !ok {
+                return None;
+            }
+            ends.push(rows);
+        }
+        let arrays = cols.into_iter().map(|c| c.finish(rows)).collect();
+        let options = arrow_array::RecordBatchOptions::new().with_row_count(Some(rows));
+        let batch =
+            RecordBatch::try_new_with_options(self.schema.clone(), arrays, &options).ok()?;
+        Some((batch, ends))
+    }
+
+    /// Decodes with arrow-json's tape decoder; also returns the rows decoded by the
+    /// end of each page (to name the page of a bad value).
+    fn decode_arrow_json<P: AsRef<[u8]>>(
+        &self,
+        pages: &[P],
+    ) -> Result<(RecordBatch, Vec<usize>), (usize, PageError)> {
         let rows_hint: usize = pages.len() * 200;
         let mut decoder = ReaderBuilder::new(self.decode_schema.clone())
             .with_batch_size(rows_hint.max(1))
@@ -128,11 +220,25 @@ impl Converter {
         }
         let last = pages.len().saturating_sub(1);
         let text = match batches.len() {
-            0 => return Ok(RecordBatch::new_empty(self.schema.clone())),
+            0 => RecordBatch::new_empty(self.decode_schema.clone()),
             1 => batches.pop().expect("one batch"),
             _ => arrow_select::concat::concat_batches(&self.decode_schema, &batches)
                 .map_err(|e| (last, convert_err(e)))?,
         };
+        Ok((text, ends))
+    }
+
+    /// Converts the text columns of detected types (`Target::convert`).
+    fn finish_typed(
+        &self,
+        text: RecordBatch,
+        ends: &[usize],
+        pages: usize,
+    ) -> Result<RecordBatch, (usize, PageError)> {
+        let last = pages.saturating_sub(1);
+        if text.num_rows() == 0 {
+            return Ok(RecordBatch::new_empty(self.schema.clone()));
+        }
         if self.typed.is_empty() {
             return Ok(text);
         }
@@ -179,6 +285,202 @@ impl Converter {
     }
 }
 
+/// What the one-pass builder needs: the columns by name and how each is built.
+#[derive(Debug)]
+struct FastPlan {
+    names: Vec<String>,
+    index: HashMap<String, usize>,
+    columns: Vec<FastColumn>,
+}
+
+#[derive(Debug, Clone, Copy, PartialEq)]
+enum FastColumn {
+    /// Utf8: strings unescaped; numbers and booleans keep their text (as arrow-json's
+    /// `coerce_primitive`); with `nested`, objects and arrays keep their JSON text.
+    Text {
+        nested: bool,
+    },
+    Int,
+    Float,
+    Bool,
+    /// A detected type, built from the value's text as `Target::convert` does.
+    Typed(Target),
+}
+
+impl FastPlan {
+    /// `None` when a column is nested (a Struct or List is left to arrow-json).
+    fn new(schema: &InferredSchema) -> Option<FastPlan> {
+        let decode = schema.decode_schema();
+        let mut columns = Vec::with_capacity(schema.columns.len());
+        for (c, f) in schema.columns.iter().zip(decode.fields()) {
+            columns.push(match f.data_type() {
+                _ if c.typed.is_some() => FastColumn::Typed(c.typed.expect("checked")),
+                DataType::Utf8 => FastColumn::Text {
+                    nested: c.typed.is_none() && c.kind.is_json_text(),
+                },
+                DataType::Int64 => FastColumn::Int,
+                DataType::Float64 => FastColumn::Float,
+                DataType::Boolean => FastColumn::Bool,
+                _ => return None,
+            });
+        }
+        let names: Vec<String> = schema.columns.iter().map(|c| c.name.clone()).collect();
+        let index = names
+            .iter()
+            .enumerate()
+            .map(|(i, n)| (n.clone(), i))
+            .collect();
+        Some(FastPlan {
+            names,
+            index,
+            columns,
+        })
+    }
+}
+
+/// A column being built by the one-pass path.
+enum FastBuilder {
+    Text(StringBuilder, bool),
+    Int(Int64Builder),
+    Float(Float64Builder),
+    Bool(BooleanBuilder),
+    Typed(TypedBuilder),
+}
+
+impl FastBuilder {
+    fn new(c: FastColumn, rows: usize, bytes: usize) -> FastBuilder {
+        match c {
+            FastColumn::Text { nested } => {
+                FastBuilder::Text(StringBuilder::with_capacity(rows, bytes), nested)
+            }
+            FastColumn::Int => FastBuilder::Int(Int64Builder::with_capacity(rows)),
+            FastColumn::Float => FastBuilder::Float(Float64Builder::with_capacity(rows)),
+            FastColumn::Bool => FastBuilder::Bool(BooleanBuilder::with_capacity(rows)),
+            FastColumn::Typed(t) => FastBuilder::Typed(TypedBuilder::new(t, rows)),
+        }
+    }
+
+    fn len(&self) -> usize {
+        match self {
+            FastBuilder::Text(b, _) => b.len(),
+            FastBuilder::Int(b) => b.len(),
+            FastBuilder::Float(b) => b.len(),
+            FastBuilder::Bool(b) => b.len(),
+            FastBuilder::Typed(b) => b.len(),
+        }
+    }
+
+    fn pad(&mut self, rows: usize) {
+        let n = rows - self.len();
+        if n == 0 {
+            return;
+        }
+        match self {
+            FastBuilder::Text(b, _) => b.append_nulls(n),
+            FastBuilder::Int(b) => b.append_nulls(n),
+            FastBuilder::Float(b) => b.append_nulls(n),
+            FastBuilder::Bool(b) => b.append_nulls(n),
+            FastBuilder::Typed(b) => b.append_nulls(n),
+        }
+    }
+
+    /// Appends the value of row `row` (earlier rows without the key become null).
+    /// False when the value is not plain for this column, or the row already has one.
+    fn push(&mut self, row: usize, raw: &str) -> bool {
+        let len = self.len();
+        if len > row {
+            return false;
+        }
+        if len < row {
+            self.pad(row);
+        }
+        let first = raw.as_bytes().first().copied().unwrap_or(b' ');
+        if first == b'n' {
+            match self {
+                FastBuilder::Text(b, _) => b.append_null(),
+                FastBuilder::Int(b) => b.append_null(),
+                FastBuilder::Float(b) => b.append_null(),
+                FastBuilder::Bool(b) => b.append_null(),
+                FastBuilder::Typed(b) => b.append_nulls(1),
+            }
+            return true;
+        }
+        match self {
+            FastBuilder::Text(b, nested) => match first {
+                b'"' => match string_content(raw) {
+                    // arrow-json has its own rules for surrogate escapes: it decides.
+                    Some(Cow::Owned(_)) if has_surrogate_escape(raw) => return false,
+                    Some(s) => b.append_value(s),
+                    None => return false,
+                },
+                b'{' | b'[' if !*nested || has_surrogate_escape(raw) => return false,
+                _ => b.append_value(raw),
+            },
+            FastBuilder::Int(b) => {
+                if !is_number(first) || raw.bytes().any(|c| matches!(c, b'.' | b'e' | b'E')) {
+                    return false;
+                }
+                match raw.parse::<i64>() {
+                    Ok(v) => b.append_value(v),
+                    Err(_) => return false,
+                }
+            }
+            FastBuilder::Float(b) => {
+                if !is_number(first) {
+                    return false;
+                }
+                match raw.parse::<f64>() {
+                    Ok(v) if v.is_finite() => b.append_value(v),
+                    _ => return false,
+                }
+            }
+            FastBuilder::Bool(b) => match first {
+                b't' => b.append_value(true),
+                b'f' => b.append_value(false),
+                _ => return false,
+            },
+            // The text arrow-json would give a Utf8 column, then the type's parse.
+            FastBuilder::Typed(b) => {
+                return match first {
+                    b'"' => match string_content(raw) {
+                        Some(Cow::Owned(_)) if has_surrogate_escape(raw) => false,
+                        Some(s) => b.push(Some(&s)),
+                        None => false,
+                    },
+                    b'{' | b'[' => false,
+                    _ => b.push(Some(raw)),
+                }
+            }
+        }
+        true
+    }
+
+    fn finish(mut self, rows: usize) -> ArrayRef {
+        self.pad(rows);
+        match self {
+            FastBuilder::Text(mut b, _) => Arc::new(b.finish()),
+            FastBuilder::Int(mut b) => Arc::new(b.finish()),
+            FastBuilder::Float(mut b) => Arc::new(b.finish()),
+            FastBuilder::Bool(mut b) => Arc::new(b.finish()),
+            FastBuilder::Typed(b) => b.finish(),
+        }
+    }
+}
+
+/// `\uD800`..`\uDFFF` in a raw string.
+fn has_surrogate_escape(raw: &str) -> bool {
+    raw.as_bytes().windows(4).any(|w| {
+        w[0] == b'\\'
+            && w[1] == b'u'
+            && matches!(w[2], b'd' | b'D')
+            && matches!(w[3], b'8'..=b'9' | b'a'..=b'f' | b'A'..=b'F')
+    })
+}
+
+fn is_number(first: u8) -> bool {
+    first == b'-' || first.is_ascii_digit()
+}
+
 fn convert_err(e: arrow_schema::ArrowError) -> PageError {
     PageError::Convert { source: e }
 }
@@ -189,8 +491,7 @@ fn push_json_string(out: &mut String, s: &str) {
 
 /// Writes `raw` so that it decodes into `kind`: nested values of JSON text kinds
 /// become strings holding their JSON text.
-fn write_normalized(out: &mut String, raw: &RawValue, kind: &Kind) -> Result<(), PageError> {
-    let text = raw.get();
+fn write_normalized(out: &mut String, text: &str, kind: &Kind) -> Result<(), PageError> {
     let first = text.as_bytes().first().copied();
     if kind.is_json_text() {
         if matches!(first, Some(b'{') | Some(b'[')) {
@@ -203,7 +504,7 @@ fn write_normalized(out: &mut String, raw: &RawValue, kind: &Kind) -> Result<(),
     match (kind, first) {
         (Kind::Struct(s), Some(b'{')) => {
             out.push('{');
-            for (j, (k, v)) in object_entries(raw)?.iter().enumerate() {
+            for (j, (k, v)) in object_entries(text)?.iter().enumerate() {
                 if j > 0 {
                     out.push(',');
                 }
@@ -220,7 +521,7 @@ fn write_normalized(out: &mut String, raw: &RawValue, kind: &Kind) -> Result<(),
                 if j > 0 {
                     out.push(',');
                 }
-                write_normalized(out, v, item)?;
+                write_normalized(out, v.get(), item)?;
             }
             out.push(']');
         }
@@ -307,5 +608,157 @@ mod duplicate_keys {
         let conv = Converter::new(&inf.finish());
         let b = conv.decode(&[page]).unwrap();
         assert_eq!(b.column(0).as_string::<i32>().value(0), "last");
+    }
+}
+
+#[cfg(test)]
+mod one_pass {
+    //! The one-pass builder against arrow-json: where it builds a batch, arrow-json
+    //! builds the same one; where arrow-json fails, it declines.
+    use super::*;
+    use crate::schema::Inferrer;
+    use proptest::prelude::*;
+
+    fn value() -> impl Strategy<Value = String> {
+        prop_oneof![
+            4 => "[a-z0-9 地市\"\\\\/\t.:-]{0,8}".prop_map(|s| serde_json::to_string(&s).unwrap()),
+            2 => prop_oneof![
+                Just("\"\"".to_string()),
+                Just("\"01425\"".to_string()),
+                Just("\"5000.00\"".to_string()),
+                Just("\"12.5\"".to_string()),
+                Just("\"2019-01-29\"".to_string()),
+                Just("\"2019-01-29 08:30:00\"".to_string()),
+                Just("\"true\"".to_string()),
+                Just("\"\\u5730\\u5e02\"".to_string()),
+                Just("\"\\ud800\"".to_string()),
+            ],
+            2 => any::<i64>().prop_map(|i| i.to_string()),
+            1 => any::<i32>().prop_map(|i| format!("{i}.25")),
+            1 => prop_oneof![
+                Just("1e3".to_string()),
+                Just("-0".to_string()),
+                Just("123456789012345678901234".to_string()),
+                Just("1e400".to_string()),
+            ],
+            1 => any::<bool>().prop_map(|b| b.to_string()),
+            2 => Just("null".to_string()),
+            1 => prop_oneof![
+                Just(r#"{"x":[1,2]}"#.to_string()),
+                Just("[]".to_string()),
+                Just("{}".to_string()),
+                Just(r#"[{"y":"z"}]"#.to_string()),
+            ],
+        ]
+    }
+
+    /// Values of a column that mostly stays typeable (so detected types are built).
+    fn typed_value(key: &'static str) -> BoxedStrategy<String> {
+        let quoted = |v: Vec<&'static str>| {
+            prop::sample::select(v).prop_map(|s| serde_json::to_string(s).unwrap())
+        };
+        match key {
+            "b" => prop_oneof![
+                4 => (any::<i32>(), 0u32..1000).prop_map(|(i, f)| format!("\"{i}.{f:02}\"")),
+                1 => quoted(vec!["", "12", "-3", "0.5", "x"]),
+                1 => Just("null".to_string()),
+            ]
+            .boxed(),
+            "d" => prop_oneof![
+                4 => (1990i32..2030, 1u32..13, 1u32..29)
+                    .prop_map(|(y, m, d)| format!("\"{y}-{m:02}-{d:02}\"")),
+                1 => quoted(vec!["", "2019-02-30", "2019/01/29", "2019-01-29 08:00:00"]),
+                1 => Just("null".to_string()),
+            ]
+            .boxed(),
+            "e" => prop_oneof![
+                4 => (1990i32..2030, 0u32..24, 0u32..1000).prop_map(|(y, h, ms)| {
+                    format!("\"{y}-01-02 {h:02}:30:00.{ms:03}\"")
+                }),
+                1 => any::<i64>().prop_map(|i| i.to_string()),
+                1 => quoted(vec!["", "true", "false"]),
+            ]
+            .boxed(),
+            _ => value().boxed(),
+        }
+    }
+
+    fn page() -> impl Strategy<Value = String> {
+        let key = prop::sample::select(vec!["a", "b", "地市", "d", "e"]);
+        let entry = key.prop_flat_map(|k| (Just(k), typed_value(k)));
+        let record = prop::collection::vec(entry, 0..6).prop_map(|entries| {
+            let body: Vec<String> = entries
+                .iter()
+                .map(|(k, v)| format!("{}:{v}", serde_json::to_string(k).unwrap()))
+                .collect();
+            format!("{{{}}}", body.join(","))
+        });
+        prop::collection::vec(record, 0..6).prop_map(|r| format!("[{}]", r.join(",")))
+    }
+
+    fn infer(pages: &[String]) -> Option<InferredSchema> {
+        let mut inf = Inferrer::default();
+        for p in pages {
+            inf.merge(Inferrer::observe_page(&split_records(p).ok()?));
+        }
+        Some(inf.finish())
+    }
+
+    fn same(conv: &Converter, pages: &[String]) -> Result<(), TestCaseError> {
+        let slow = conv.decode_arrow_json(pages);
+        if let Some(fast) = conv.decode_fast(pages) {
+            let slow = slow.map_err(|e| {
+                TestCaseError::fail(format!("fast path built a batch, arrow-json: {e:?}"))
+            })?;
+            let typed = conv
+                .finish_typed(slow.0, &slow.1, pages.len())
+                .map_err(|e| {
+                    TestCaseError::fail(format!("fast path built a batch, arrow-json: {e:?}"))
+                })?;
+            prop_assert_eq!(&fast.0, &typed);
+            prop_assert_eq!(&fast.1, &slow.1);
+        }
+        Ok(())
+    }
+
+    proptest! {
+        #![proptest_config(ProptestConfig::with_cases(512))]
+
+        #[test]
+        fn builds_what_arrow_json_builds(pages in prop::collection::vec(page(), 1..4)) {
+            let Some(schema) = infer(&pages) else { return Ok(()) };
+            same(&Converter::new(&schema), &pages)?;
+            // Under the schema of the first page only (an early row group's), and
+            // for a subset of the columns.
+            if let Some(first) = infer(&pages[..1]) {
+                same(&Converter::new(&first), &pages)?;
+            }
+            same(&Converter::columns(&schema, &["a", "地市"]), &pages)?;
+        }
+    }
+
+    #[test]
+    fn flat_pages_take_the_one_pass_path() {
+        let pages = [
+            r#"[{"a":"x","n":1,"f":1.5,"t":true,"d":"2019-01-29","j":{"k":1}},{"a":null,"n":-2,"j":"s","f":2}]"#.to_string(),
+            r#"[{"n":3,"a":"y\"z","late":"地市","j":[1]}]"#.to_string(),
+        ];
+        let conv = Converter::new(&infer(&pages).unwrap());
+        let (fast, ends) = conv
+            .decode_fast(&pages)
+            .expect("flat pages are built in one pass");
+        assert_eq!(ends, [2, 3]);
+        let (text, slow_ends) = conv.decode_arrow_json(&pages).unwrap();
+        assert_eq!(fast, conv.finish_typed(text, &slow_ends, 2).unwrap());
+        // A key twice in a record, a key outside the schema, a nested column: arrow-json.
+        let dup = [r#"[{"a":"x","a":"y"}]"#.to_string()];
+        assert!(Converter::new(&infer(&dup).unwrap())
+            .decode_fast(&dup)
+            .is_none());
+        assert!(conv.decode_fast(&[r#"[{"zz":1}]"#]).is_none());
+        let nested = [r#"[{"o":{"k":1}}]"#.to_string()];
+        assert!(Converter::new(&infer(&nested).unwrap())
+            .decode_fast(&nested)
+            .is_none());
     }
 }

@@ -41,7 +41,7 @@ use std::fmt::Write as _;
 use std::sync::Arc;
 
 use arrow_array::builder::{
-    BooleanBuilder, Date32Builder, Decimal128Builder, Float64Builder, Int64Builder,
+    ArrayBuilder, BooleanBuilder, Date32Builder, Decimal128Builder, Float64Builder, Int64Builder,
     TimestampMillisecondBuilder,
 };
 use arrow_array::cast::AsArray;
@@ -679,7 +679,9 @@ date:yyyy-MM-dd|yyyy/MM/dd|yyyy年MM月dd日|yyyyMMdd, timestamp, timestamp:PATT
             DataType::Int64 | DataType::Int32 | DataType::Int16 | DataType::Int8 => TypeSpec::Int64,
             DataType::Float64 | DataType::Float32 => TypeSpec::Float64,
             DataType::Boolean => TypeSpec::Bool,
-            DataType::Decimal128(p, s) if s >= 0 => TypeSpec::Decimal(Some((p, s as u8))),
+            DataType::Decimal128(p, s) if s >= 0 && (1..=38).contains(&p) && s as u8 <= p => {
+                TypeSpec::Decimal(Some((p, s as u8)))
+            }
             DataType::Date32 => TypeSpec::Date(format.and_then(DateFmt::from_pattern)),
             DataType::Timestamp(_, _) if format == Some("epoch_ms") => TypeSpec::EpochMs,
             DataType::Timestamp(_, _) => TypeSpec::Timestamp(format.and_then(TsFmt::from_pattern)),
@@ -732,97 +734,14 @@ impl Target {
     /// the row and the text that does not fit.
     pub fn convert(&self, texts: &dyn Array) -> Result<ArrayRef, (usize, String)> {
         let texts = texts.as_string::<i32>();
-        let n = texts.len();
-        let value = |i: usize| -> Option<&str> {
-            (!texts.is_null(i))
-                .then(|| texts.value(i))
-                .filter(|s| !s.is_empty())
-        };
-        let bad = |i: usize| (i, texts.value(i).to_string());
-        Ok(match *self {
-            Target::Int64 => {
-                let mut b = Int64Builder::with_capacity(n);
-                for i in 0..n {
-                    match value(i) {
-                        None => b.append_null(),
-                        Some(s) => b.append_value(s.parse().map_err(|_| bad(i))?),
-                    }
-                }
-                Arc::new(b.finish())
+        let mut b = TypedBuilder::new(*self, texts.len());
+        for i in 0..texts.len() {
+            let text = (!texts.is_null(i)).then(|| texts.value(i));
+            if !b.push(text) {
+                return Err((i, texts.value(i).to_string()));
             }
-            Target::Float64 => {
-                let mut b = Float64Builder::with_capacity(n);
-                for i in 0..n {
-                    match value(i) {
-                        None => b.append_null(),
-                        Some(s) => match s.parse::<f64>() {
-                            Ok(f) if f.is_finite() => b.append_value(f),
-                            _ => return Err(bad(i)),
-                        },
-                    }
-                }
-                Arc::new(b.finish())
-            }
-            Target::Bool => {
-                let mut b = BooleanBuilder::with_capacity(n);
-                for i in 0..n {
-                    match value(i) {
-                        None => b.append_null(),
-                        Some("true") => b.append_value(true),
-                        Some("false") => b.append_value(false),
-                        Some(_) => return Err(bad(i)),
-                    }
-                }
-                Arc::new(b.finish())
-            }
-            Target::Decimal { precision, scale } => {
-                let mut b = Decimal128Builder::with_capacity(n);
-                for i in 0..n {
-                    match value(i) {
-                        None => b.append_null(),
-                        Some(s) => b.append_value(parse_decimal(s, scale).ok_or_else(|| bad(i))?),
-                    }
-                }
-                Arc::new(
-                    b.finish()
-                        .with_precision_and_scale(precision, scale as i8)
-                        .map_err(|_| (0, String::new()))?,
-                )
-            }
-            Target::Date(f) => {
-                let mut b = Date32Builder::with_capacity(n);
-                for i in 0..n {
-                    match value(i) {
-                        None => b.append_null(),
-                        Some(s) => {
-                            b.append_value(days_since_epoch(f.parse(s).ok_or_else(|| bad(i))?))
-                        }
-                    }
-                }
-                Arc::new(b.finish())
-            }
-            Target::Timestamp { format, tz } => {
-                let mut b = TimestampMillisecondBuilder::with_capacity(n);
-                let shift = if tz { SHANGHAI_OFFSET_MS } else { 0 };
-                for i in 0..n {
-                    match value(i) {
-                        None => b.append_null(),
-                        Some(s) => b.append_value(format.parse(s).ok_or_else(|| bad(i))? - shift),
-                    }
-                }
-                Arc::new(b.finish().with_timezone_opt(tz.then_some(SHANGHAI)))
-            }
-            Target::EpochMs { tz } => {
-                let mut b = TimestampMillisecondBuilder::with_capacity(n);
-                for i in 0..n {
-                    match value(i) {
-                        None => b.append_null(),
-                        Some(s) => b.append_value(s.parse().map_err(|_| bad(i))?),
-                    }
-                }
-                Arc::new(b.finish().with_timezone(if tz { SHANGHAI } else { "UTC" }))
-            }
-        })
+        }
+        Ok(b.finish())
     }
 
     /// The canonical text of a value given as its original text (CSV cells,
@@ -937,6 +856,133 @@ fn parse_decimal(s: &str, scale: u8) -> Option<i128> {
         v = v.checked_mul(10)?;
     }
     Some(if neg { -v } else { v })
+}
+
+/// Builds a column of one detected type from value texts, one at a time (the
+/// one-pass conversion and [`Target::convert`] share it).
+#[derive(Debug)]
+pub struct TypedBuilder {
+    target: Target,
+    values: TypedValues,
+}
+
+#[derive(Debug)]
+enum TypedValues {
+    Int(Int64Builder),
+    Float(Float64Builder),
+    Bool(BooleanBuilder),
+    Decimal(Decimal128Builder),
+    Date(Date32Builder),
+    Millis(TimestampMillisecondBuilder),
+}
+
+impl TypedBuilder {
+    pub fn new(target: Target, capacity: usize) -> TypedBuilder {
+        let values = match target {
+            Target::Int64 => TypedValues::Int(Int64Builder::with_capacity(capacity)),
+            Target::Float64 => TypedValues::Float(Float64Builder::with_capacity(capacity)),
+            Target::Bool => TypedValues::Bool(BooleanBuilder::with_capacity(capacity)),
+            Target::Decimal { .. } => {
+                TypedValues::Decimal(Decimal128Builder::with_capacity(capacity))
+            }
+            Target::Date(_) => TypedValues::Date(Date32Builder::with_capacity(capacity)),
+            Target::Timestamp { .. } | Target::EpochMs { .. } => {
+                TypedValues::Millis(TimestampMillisecondBuilder::with_capacity(capacity))
+            }
+        };
+        TypedBuilder { target, values }
+    }
+
+    pub fn len(&self) -> usize {
+        match &self.values {
+            TypedValues::Int(b) => b.len(),
+            TypedValues::Float(b) => b.len(),
+            TypedValues::Bool(b) => b.len(),
+            TypedValues::Decimal(b) => b.len(),
+            TypedValues::Date(b) => b.len(),
+            TypedValues::Millis(b) => b.len(),
+        }
+    }
+
+    pub fn is_empty(&self) -> bool {
+        self.len() == 0
+    }
+
+    pub fn append_nulls(&mut self, n: usize) {
+        match &mut self.values {
+            TypedValues::Int(b) => b.append_nulls(n),
+            TypedValues::Float(b) => b.append_nulls(n),
+            TypedValues::Bool(b) => b.append_nulls(n),
+            TypedValues::Decimal(b) => b.append_nulls(n),
+            TypedValues::Date(b) => b.append_nulls(n),
+            TypedValues::Millis(b) => b.append_nulls(n),
+        }
+    }
+
+    /// Appends one value given as its text (`None` or empty: null). False when the
+    /// text does not fit the type (nothing is appended then).
+    pub fn push(&mut self, text: Option<&str>) -> bool {
+        let Some(s) = text.filter(|s| !s.is_empty()) else {
+            self.append_nulls(1);
+            return true;
+        };
+        match (&mut self.values, self.target) {
+            (TypedValues::Int(b), _) => match s.parse() {
+                Ok(v) => b.append_value(v),
+                Err(_) => return false,
+            },
+            (TypedValues::Float(b), _) => match s.parse::<f64>() {
+                Ok(f) if f.is_finite() => b.append_value(f),
+                _ => return false,
+            },
+            (TypedValues::Bool(b), _) => match s {
+                "true" => b.append_value(true),
+                "false" => b.append_value(false),
+                _ => return false,
+            },
+            (TypedValues::Decimal(b), Target::Decimal { scale, .. }) => {
+                match parse_decimal(s, scale) {
+                    Some(v) => b.append_value(v),
+                    None => return false,
+                }
+            }
+            (TypedValues::Date(b), Target::Date(f)) => match f.parse(s) {
+                Some(d) => b.append_value(days_since_epoch(d)),
+                None => return false,
+            },
+            (TypedValues::Millis(b), Target::Timestamp { format, tz }) => match format.parse(s) {
+                Some(ms) => b.append_value(ms - if tz { SHANGHAI_OFFSET_MS } else { 0 }),
+                None => return false,
+            },
+            (TypedValues::Millis(b), Target::EpochMs { .. }) => match s.parse() {
+                Ok(v) => b.append_value(v),
+                Err(_) => return false,
+            },
+            _ => unreachable!("values are built for their target"),
+        }
+        true
+    }
+
+    pub fn finish(self) -> ArrayRef {
+        match (self.values, self.target) {
+            (TypedValues::Int(mut b), _) => Arc::new(b.finish()),
+            (TypedValues::Float(mut b), _) => Arc::new(b.finish()),
+            (TypedValues::Bool(mut b), _) => Arc::new(b.finish()),
+            (TypedValues::Decimal(mut b), Target::Decimal { precision, scale }) => Arc::new(
+                b.finish()
+                    .with_precision_and_scale(precision, scale as i8)
+                    .expect("precision and scale are checked when detected or parsed"),
+            ),
+            (TypedValues::Date(mut b), _) => Arc::new(b.finish()),
+            (TypedValues::Millis(mut b), Target::Timestamp { tz, .. }) => {
+                Arc::new(b.finish().with_timezone_opt(tz.then_some(SHANGHAI)))
+            }
+            (TypedValues::Millis(mut b), Target::EpochMs { tz }) => {
+                Arc::new(b.finish().with_timezone(if tz { SHANGHAI } else { "UTC" }))
+            }
+            _ => unreachable!("values are built for their target"),
+        }
+    }
 }
 
 #[cfg(test)]

@@ -726,7 +726,7 @@ fn mismatch_error(spool: &Spool, dataset: &str, pages: u64, m: Mismatch, empty_o
                 if k.as_ref() != m.column {
                     continue;
                 }
-                let raw = v.get();
+                let raw = *v;
                 let bad = match raw.as_bytes().first() {
                     Some(b'n') => false,
                     Some(b'{') | Some(b'[') => true,
@@ -1207,8 +1207,8 @@ impl WriteJob {
                 for (k, v) in rec {
                     if k.as_ref() == col {
                         text.clear();
-                        cell_text(v.get(), &mut text).map_err(page_err)?;
-                        key = match (v.get(), target) {
+                        cell_text(v, &mut text).map_err(page_err)?;
+                        key = match (*v, target) {
                             ("null", _) => None,
                             (_, Some(_)) if text.is_empty() => None,
                             (_, Some(t)) => {

@@ -14,7 +14,7 @@ use backon::{ExponentialBuilder, Retryable};
 use futures::{StreamExt, TryStreamExt};
 
 use crate::error::{CallError, Error, Op, PageError, Result};
-use crate::platform::{parse_page, split_records, Client};
+use crate::platform::{parse_page, Client};
 use crate::progress::Reporter;
 use crate::schema::Inferrer;
 use crate::spool::Spool;
@@ -536,13 +536,12 @@ pub(crate) fn process_array(
     array: &str,
     write: bool,
 ) -> Result<(u32, Inferrer, u64)> {
-    let records = split_records(array).map_err(|e| page_error(dataset, page, e))?;
-    let inf = Inferrer::observe_page(&records);
+    let (rows, inf) = Inferrer::observe_array(array).map_err(|e| page_error(dataset, page, e))?;
     if write {
         spool.write_page(page, array)?;
     }
     let hash = twox_hash::XxHash3_64::oneshot(array.as_bytes());
-    Ok((records.len() as u32, inf, hash))
+    Ok((rows, inf, hash))
 }
 
 #[cfg(test)]

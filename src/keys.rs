@@ -60,11 +60,7 @@ fn page_keys(
     let records = split_records(&text).map_err(err)?;
     for r in &records {
         // The last occurrence wins, as in the data files.
-        let v = r
-            .iter()
-            .rev()
-            .find(|(k, _)| k == column)
-            .map(|(_, v)| v.get());
+        let v = r.iter().rev().find(|(k, _)| k == column).map(|(_, v)| *v);
         f(v.filter(|v| *v != "null"));
     }
     Ok(())

@@ -34,6 +34,7 @@ use serde::Serialize;
 use serde_json::value::RawValue;
 
 use crate::detect::{Detector, Target, TypeSpec};
+use crate::platform::records::Entry;
 use crate::platform::{object_entries, RawRecord};
 
 /// The inferred type of a value or column.
@@ -131,13 +132,12 @@ impl Kind {
     }
 
     /// The kind of one raw JSON value.
-    pub fn of(raw: &RawValue) -> Kind {
-        let text = raw.get();
+    pub fn of(text: &str) -> Kind {
         match text.as_bytes().first() {
             Some(b'n') => Kind::Unknown,
             Some(b't') | Some(b'f') => Kind::Bool,
             Some(b'"') => Kind::Str,
-            Some(b'{') => match object_entries(raw) {
+            Some(b'{') => match object_entries(text) {
                 Ok(entries) => {
                     let mut s = StructKind::default();
                     for (k, v) in entries {
@@ -152,7 +152,7 @@ impl Kind {
                 Ok(items) => {
                     let mut item = Kind::Unknown;
                     for v in items {
-                        item.merge(Kind::of(v));
+                        item.merge(Kind::of(v.get()));
                     }
                     Kind::List(Box::new(item))
                 }
@@ -223,8 +223,7 @@ pub struct JsonTypes(u8);
 impl JsonTypes {
     const NAMES: [&'static str; 7] = ["null", "bool", "int", "float", "string", "object", "array"];
 
-    fn add(&mut self, raw: &RawValue) {
-        let t = raw.get();
+    fn add(&mut self, t: &str) {
         let bit = match t.as_bytes().first() {
             Some(b'n') => 0,
             Some(b't') | Some(b'f') => 1,
@@ -273,7 +272,7 @@ pub struct Inferrer {
 }
 
 impl Inferrer {
-    pub fn observe(&mut self, record: &RawRecord<'_>) {
+    pub fn observe(&mut self, record: &[Entry<'_>]) {
         self.rows += 1;
         for (pos, (key, raw)) in record.iter().enumerate() {
             let i = match self.hints.get(pos) {
@@ -296,20 +295,38 @@ impl Inferrer {
             // the type again).
             if self.counted_in[i] == self.rows {
                 self.columns.fields[i].1.merge(Kind::of(raw));
-                self.stats[i].detect.observe_raw(raw.get());
+                self.stats[i].detect.observe_raw(raw);
                 continue;
             }
             self.counted_in[i] = self.rows;
             let st = &mut self.stats[i];
             st.present += 1;
             st.types.add(raw);
-            match raw.get() {
+            match *raw {
                 "null" => st.nulls += 1,
                 "\"\"" => st.empty += 1,
                 _ => {}
             }
-            st.detect.observe_raw(raw.get());
+            st.detect.observe_raw(raw);
             self.columns.fields[i].1.merge(Kind::of(raw));
+        }
+    }
+
+    /// Infers a page given as its record array, read in one pass; the number of
+    /// records with it. A page the one-pass reader refuses is read by serde_json,
+    /// for the exact error.
+    pub fn observe_array(array: &str) -> Result<(u32, Inferrer), crate::error::PageError> {
+        let mut inf = Inferrer::default();
+        let mut entries = Vec::new();
+        match crate::platform::records::scan(array, &mut entries, |r| {
+            inf.observe(r);
+            true
+        }) {
+            Ok(n) => Ok((n as u32, inf)),
+            Err(_) => {
+                let records = crate::platform::split_records(array)?;
+                Ok((records.len() as u32, Inferrer::observe_page(&records)))
+            }
         }
     }
 
@@ -677,7 +694,8 @@ impl SchemaFile {
 
     pub fn parse(text: &str) -> Result<SchemaFile, String> {
         let raw: &RawValue = serde_json::from_str(text).map_err(|e| e.to_string())?;
-        let entries = object_entries(raw).map_err(|_| "expected a JSON object".to_string())?;
+        let entries =
+            object_entries(raw.get()).map_err(|_| "expected a JSON object".to_string())?;
         let mut out = SchemaFile::default();
         let twice = |names: &[String]| {
             let mut seen = std::collections::HashSet::new();
@@ -687,7 +705,7 @@ impl SchemaFile {
                 .map(|n| format!("column `{n}` appears twice"))
         };
         if let Some((_, cols)) = entries.iter().find(|(k, _)| k == "columns") {
-            let cols: Vec<ColumnInfo> = serde_json::from_str(cols.get())
+            let cols: Vec<ColumnInfo> = serde_json::from_str(cols)
                 .map_err(|e| format!("`columns` is not a jdop manifest's column list: {e}"))?;
             for c in cols {
                 out.shanghai |= is_zoned_datetime(&c.arrow_type, c.format.as_deref());
@@ -702,7 +720,7 @@ impl SchemaFile {
             };
         }
         for (k, v) in entries {
-            let ty: String = serde_json::from_str(v.get())
+            let ty: String = serde_json::from_str(v)
                 .map_err(|_| format!("the type of `{k}` must be a string like \"int64\""))?;
             let spec = TypeSpec::parse(&ty).map_err(|e| format!("column `{k}`: {e}"))?;
             out.types.push((k.to_string(), spec));

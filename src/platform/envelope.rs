@@ -59,8 +59,10 @@ pub fn parse_envelope(body: &[u8]) -> Result<Envelope<'_>, CallError> {
     }
     // One UTF-8 check of the whole body; serde_json then reads it as `str` and
     // does not check every string (and raw value) again.
-    let text = std::str::from_utf8(body)
-        .map_err(|e| not_envelope(format!("invalid JSON: the body is not UTF-8 ({e})")))?;
+    let text = super::records::utf8(body).map_err(|_| {
+        let e = std::str::from_utf8(body).expect_err("simdutf8 and std agree");
+        not_envelope(format!("invalid JSON: the body is not UTF-8 ({e})"))
+    })?;
     let raw: RawEnvelope<'_> = serde_json::from_str(text).map_err(|e| {
         let reason = if e.is_eof() {
             "truncated JSON".to_string()
@@ -186,8 +188,8 @@ pub fn parse_total(body: &[u8]) -> Result<u64, CallError> {
     })
 }
 
-/// One record: keys in page order with their raw values.
-pub type RawRecord<'a> = Vec<(Cow<'a, str>, &'a RawValue)>;
+/// One record: keys in page order with their raw values' JSON text.
+pub type RawRecord<'a> = Vec<super::records::Entry<'a>>;
 
 /// The records of one page.
 pub type PageRecords<'a> = Vec<RawRecord<'a>>;
@@ -217,7 +219,7 @@ impl<'de: 'a, 'a> Deserialize<'de> for Key<'a> {
 }
 
 /// An object read as an ordered list of entries.
-pub struct Ordered<'a>(pub RawRecord<'a>);
+pub struct Ordered<'a>(pub Vec<(Cow<'a, str>, &'a RawValue)>);
 
 impl<'de: 'a, 'a> Deserialize<'de> for Ordered<'a> {
     fn deserialize<D: Deserializer<'de>>(d: D) -> Result<Self, D::Error> {
@@ -239,11 +241,22 @@ impl<'de: 'a, 'a> Deserialize<'de> for Ordered<'a> {
     }
 }
 
-/// Splits a record array into ordered records (in one pass; a page that fails it
-/// is read again in two to say which record is not an object).
+/// Splits a record array into ordered records, with the one-pass reader of
+/// [`super::records`]; a page it refuses is read by serde_json for the exact error
+/// (and a second time to say which record is not an object).
 pub fn split_records(array: &str) -> Result<PageRecords<'_>, PageError> {
+    let mut out = Vec::new();
+    let mut buf = Vec::new();
+    if super::records::scan(array, &mut buf, |r| {
+        out.push(r.to_vec());
+        true
+    })
+    .is_ok()
+    {
+        return Ok(out);
+    }
     if let Ok(records) = serde_json::from_str::<Vec<Ordered<'_>>>(array) {
-        return Ok(records.into_iter().map(|o| o.0).collect());
+        return Ok(records.into_iter().map(|o| flat(o.0)).collect());
     }
     let items: Vec<&RawValue> = serde_json::from_str(array)?;
     let mut out = Vec::with_capacity(items.len());
@@ -252,14 +265,18 @@ pub fn split_records(array: &str) -> Result<PageRecords<'_>, PageError> {
             return Err(PageError::NotAnObject { index });
         }
         let Ordered(rec) = serde_json::from_str(item.get())?;
-        out.push(rec);
+        out.push(flat(rec));
     }
     Ok(out)
 }
 
+fn flat<'a>(rec: Vec<(Cow<'a, str>, &'a RawValue)>) -> RawRecord<'a> {
+    rec.into_iter().map(|(k, v)| (k, v.get())).collect()
+}
+
 /// Reads an object value's entries in order (used for nested objects).
-pub fn object_entries(raw: &RawValue) -> Result<RawRecord<'_>, serde_json::Error> {
-    serde_json::from_str::<Ordered<'_>>(raw.get()).map(|o| o.0)
+pub fn object_entries(raw: &str) -> Result<RawRecord<'_>, serde_json::Error> {
+    serde_json::from_str::<Ordered<'_>>(raw).map(|o| flat(o.0))
 }
 
 /// The dataset's update date as answered by `get_dataupdate_date.do`: the raw JSON

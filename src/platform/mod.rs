@@ -7,6 +7,7 @@
 //! every text that could echo it (platform messages, transport errors) is redacted here.
 
 mod envelope;
+pub mod records;
 
 pub use envelope::{
     object_entries, parse_date_text, parse_envelope, parse_page, parse_total, split_records,

@@ -182,7 +182,7 @@ impl CsvSink {
                 };
                 // A key repeated in one record: the last value wins (as in serde_json).
                 self.cells[i].clear();
-                cell_text(v.get(), &mut self.cells[i]).map_err(WriteOrPage::Page)?;
+                cell_text(v, &mut self.cells[i]).map_err(WriteOrPage::Page)?;
                 if let (Some(t), false) = (self.targets[i], self.cells[i].is_empty()) {
                     self.scratch.clear();
                     if t.canonical(&self.cells[i], &mut self.scratch).is_some() {

@@ -1,0 +1,406 @@
+//! The records of a page, read in one pass without building a tree.
+//!
+//! A page's data is a JSON array of flat objects. [`scan`] walks it once and hands
+//! each record to a callback as `(key, raw value text)` entries, reusing one buffer,
+//! so inference and conversion read a page without allocating per record or
+//! parsing it through serde_json. It checks what it walks as strictly as
+//! serde_json does (structure, literals, number grammar, string escapes and control
+//! characters; nested values are checked by serde_json itself), and anything it does
+//! not accept is read again by serde_json for the exact error.
+
+use std::borrow::Cow;
+
+use memchr::memchr2;
+
+/// One entry of a record: the key (unescaped) and the value's raw JSON text.
+pub type Entry<'a> = (Cow<'a, str>, &'a str);
+
+/// A page that the fast reader does not accept (serde_json says why).
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct Unreadable;
+
+type Scan<T> = Result<T, Unreadable>;
+
+/// Walks the record array `text`, calling `f` with each record's entries in page
+/// order (duplicate keys kept, as serde_json's ordered reading does). `f` returns
+/// false to stop early. Returns the number of records handed to `f`.
+pub fn scan<'a>(
+    text: &'a str,
+    entries: &mut Vec<Entry<'a>>,
+    mut f: impl FnMut(&[Entry<'a>]) -> bool,
+) -> Scan<usize> {
+    let b = text.as_bytes();
+    // Compact pages have no byte below 0x20 at all: then no string can hold one,
+    // and the per-string check is skipped.
+    let control = has_control(b);
+    let mut i = ws(b, 0);
+    if b.get(i) != Some(&b'[') {
+        return Err(Unreadable);
+    }
+    i = ws(b, i + 1);
+    let mut n = 0;
+    if b.get(i) == Some(&b']') {
+        i += 1;
+    } else {
+        loop {
+            if b.get(i) != Some(&b'{') {
+                return Err(Unreadable);
+            }
+            entries.clear();
+            i = ws(b, i + 1);
+            if b.get(i) == Some(&b'}') {
+                i += 1;
+            } else {
+                loop {
+                    if b.get(i) != Some(&b'"') {
+                        return Err(Unreadable);
+                    }
+                    let (end, escaped) = string_end(b, i, control)?;
+                    let key = if escaped {
+                        Cow::Owned(
+                            serde_json::from_str::<String>(&text[i..=end])
+                                .map_err(|_| Unreadable)?,
+                        )
+                    } else {
+                        Cow::Borrowed(&text[i + 1..end])
+                    };
+                    i = ws(b, end + 1);
+                    if b.get(i) != Some(&b':') {
+                        return Err(Unreadable);
+                    }
+                    i = ws(b, i + 1);
+                    let vend = value_end(text, i, control)?;
+                    entries.push((key, &text[i..vend]));
+                    i = ws(b, vend);
+                    match b.get(i) {
+                        Some(b',') => i = ws(b, i + 1),
+                        Some(b'}') => {
+                            i += 1;
+                            break;
+                        }
+                        _ => return Err(Unreadable),
+                    }
+                }
+            }
+            n += 1;
+            if !f(entries) {
+                return Ok(n);
+            }
+            i = ws(b, i);
+            match b.get(i) {
+                Some(b',') => i = ws(b, i + 1),
+                Some(b']') => {
+                    i += 1;
+                    break;
+                }
+                _ => return Err(Unreadable),
+            }
+        }
+    }
+    if ws(b, i) != b.len() {
+        return Err(Unreadable);
+    }
+    Ok(n)
+}
+
+/// Checks UTF-8 with SIMD (several times faster than `std::str::from_utf8` on
+/// Chinese text, which is most of a page's bytes).
+pub fn utf8(bytes: &[u8]) -> Result<&str, Unreadable> {
+    simdutf8::basic::from_utf8(bytes).map_err(|_| Unreadable)
+}
+
+/// The content of a raw JSON string value (`"..."`), unescaped only when it has to be.
+pub fn string_content(raw: &str) -> Option<Cow<'_, str>> {
+    let inner = raw.strip_prefix('"')?.strip_suffix('"')?;
+    if !inner.as_bytes().contains(&b'\\') {
+        return Some(Cow::Borrowed(inner));
+    }
+    serde_json::from_str::<String>(raw).ok().map(Cow::Owned)
+}
+
+fn ws(b: &[u8], mut i: usize) -> usize {
+    while let Some(&c) = b.get(i) {
+        if !matches!(c, b' ' | b'\t' | b'\n' | b'\r') {
+            break;
+        }
+        i += 1;
+    }
+    i
+}
+
+/// The position of the closing quote of the string opening at `start`, and whether
+/// it holds escapes.
+fn string_end(b: &[u8], start: usize, control: bool) -> Scan<(usize, bool)> {
+    let mut j = start + 1;
+    let mut escaped = false;
+    loop {
+        let p = quote_or_backslash(b, j).ok_or(Unreadable)?;
+        if b[p] == b'"' {
+            if control && has_control(&b[start + 1..p]) {
+                return Err(Unreadable);
+            }
+            return Ok((p, escaped));
+        }
+        escaped = true;
+        match b.get(p + 1) {
+            Some(b'"' | b'\\' | b'/' | b'b' | b'f' | b'n' | b'r' | b't') => j = p + 2,
+            Some(b'u') => {
+                let hex = b.get(p + 2..p + 6).ok_or(Unreadable)?;
+                if !hex.iter().all(u8::is_ascii_hexdigit) {
+                    return Err(Unreadable);
+                }
+                j = p + 6;
+            }
+            _ => return Err(Unreadable),
+        }
+    }
+}
+
+/// The first `"` or `\\` at or after `from`: eight bytes at a time (most strings
+/// are short, where memchr's setup costs more than it saves), memchr for the rest
+/// of a long one.
+fn quote_or_backslash(b: &[u8], from: usize) -> Option<usize> {
+    const LO: u64 = 0x0101_0101_0101_0101;
+    const HI: u64 = 0x8080_8080_8080_8080;
+    let mut j = from;
+    for _ in 0..4 {
+        let Some(chunk) = b.get(j..j + 8) else { break };
+        let w = u64::from_le_bytes(chunk.try_into().expect("eight bytes"));
+        let q = w ^ (LO * b'"' as u64);
+        let s = w ^ (LO * b'\\' as u64);
+        // A zero byte in q or s marks a match (exact for the lowest one).
+        let hit = (q.wrapping_sub(LO) & !q | s.wrapping_sub(LO) & !s) & HI;
+        if hit != 0 {
+            return Some(j + (hit.trailing_zeros() / 8) as usize);
+        }
+        j += 8;
+    }
+    memchr2(b'"', b'\\', b.get(j..)?).map(|k| j + k)
+}
+
+/// Raw control characters are not allowed inside JSON strings. Written without an
+/// early exit so that it compiles to a vectorized pass.
+fn has_control(s: &[u8]) -> bool {
+    s.chunks(64)
+        .any(|c| c.iter().fold(0u8, |acc, &x| acc | u8::from(x < 0x20)) != 0)
+}
+
+/// The end (exclusive) of the value starting at `i`.
+fn value_end(text: &str, i: usize, control: bool) -> Scan<usize> {
+    let b = text.as_bytes();
+    match *b.get(i).ok_or(Unreadable)? {
+        b'"' => string_end(b, i, control).map(|(e, _)| e + 1),
+        b't' => literal(b, i, b"true"),
+        b'f' => literal(b, i, b"false"),
+        b'n' => literal(b, i, b"null"),
+        b'-' | b'0'..=b'9' => number_end(b, i),
+        b'{' | b'[' => {
+            // Nested values are rare in this data: serde_json checks and measures them.
+            let mut values =
+                serde_json::Deserializer::from_str(&text[i..]).into_iter::<serde::de::IgnoredAny>();
+            match values.next() {
+                Some(Ok(_)) => Ok(i + values.byte_offset()),
+                _ => Err(Unreadable),
+            }
+        }
+        _ => Err(Unreadable),
+    }
+}
+
+fn literal(b: &[u8], i: usize, word: &[u8]) -> Scan<usize> {
+    if b[i..].starts_with(word) {
+        Ok(i + word.len())
+    } else {
+        Err(Unreadable)
+    }
+}
+
+/// JSON's number grammar: `-?(0|[1-9][0-9]*)(\.[0-9]+)?([eE][+-]?[0-9]+)?`.
+fn number_end(b: &[u8], mut i: usize) -> Scan<usize> {
+    let digits = |b: &[u8], mut i: usize| -> Scan<usize> {
+        let start = i;
+        while b.get(i).is_some_and(u8::is_ascii_digit) {
+            i += 1;
+        }
+        if i == start {
+            Err(Unreadable)
+        } else {
+            Ok(i)
+        }
+    };
+    if b.get(i) == Some(&b'-') {
+        i += 1;
+    }
+    match b.get(i) {
+        Some(b'0') => i += 1,
+        Some(b'1'..=b'9') => i = digits(b, i)?,
+        _ => return Err(Unreadable),
+    }
+    if b.get(i) == Some(&b'.') {
+        i = digits(b, i + 1)?;
+    }
+    if matches!(b.get(i), Some(b'e' | b'E')) {
+        i += 1;
+        if matches!(b.get(i), Some(b'+' | b'-')) {
+            i += 1;
+        }
+        i = digits(b, i)?;
+    }
+    Ok(i)
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use proptest::prelude::*;
+
+    fn records(text: &str) -> Scan<Vec<Vec<(String, String)>>> {
+        let mut out = Vec::new();
+        let mut buf = Vec::new();
+        scan(text, &mut buf, |r| {
+            out.push(
+                r.iter()
+                    .map(|(k, v)| (k.to_string(), v.to_string()))
+                    .collect(),
+            );
+            true
+        })?;
+        Ok(out)
+    }
+
+    #[test]
+    fn reads_entries_in_page_order_with_raw_values() {
+        let recs = records(
+            r#" [ {"z" : 1 , "a":"x\"y","中文":null,"M":{"b":[1,{"c":2}]},"t":true,"f":-1.5e+3},
+                 {}, {"a\u0062":"\u5730"} ] "#,
+        )
+        .unwrap();
+        assert_eq!(recs.len(), 3);
+        let keys: Vec<&str> = recs[0].iter().map(|(k, _)| k.as_str()).collect();
+        assert_eq!(keys, ["z", "a", "中文", "M", "t", "f"]);
+        assert_eq!(recs[0][1].1, r#""x\"y""#);
+        assert_eq!(recs[0][3].1, r#"{"b":[1,{"c":2}]}"#);
+        assert_eq!(recs[0][5].1, "-1.5e+3");
+        assert!(recs[1].is_empty());
+        assert_eq!(recs[2][0].0, "ab");
+        assert_eq!(string_content(&recs[2][0].1).unwrap(), "地");
+    }
+
+    #[test]
+    fn refuses_what_serde_json_refuses() {
+        for bad in [
+            "",
+            "[",
+            "[{]",
+            "[1]",
+            "[{}",
+            "[{},]",
+            "[{\"a\":01}]",
+            "[{\"a\":1.}]",
+            "[{\"a\":-}]",
+            "[{\"a\":.5}]",
+            "[{\"a\":1e}]",
+            "[{\"a\":tru}]",
+            "[{\"a\":truex}]",
+            "[{\"a\":\"x\\q\"}]",
+            "[{\"a\":\"x\\u12g4\"}]",
+            "[{\"a\":\"tab\there\"}]",
+            "[{\"a\":{\"b\":}}]",
+            "[{\"a\":1,}]",
+            "[{\"a\" 1}]",
+            "[{a:1}]",
+            "[{}] x",
+            "[{\"a\":\"unterminated}]",
+            "[{\"a\":[1,2}]",
+        ] {
+            assert!(records(bad).is_err(), "{bad:?} accepted");
+            assert!(
+                serde_json::from_str::<serde_json::Value>(bad).is_err()
+                    || !bad.trim_start().starts_with("[{"),
+                "{bad:?} is valid JSON"
+            );
+        }
+    }
+
+    #[test]
+    fn finds_quotes_and_backslashes_at_every_offset() {
+        for len in 0..40 {
+            for mark in [b'"', b'\\'] {
+                let mut b = vec![b'x'; len];
+                b.push(mark);
+                b.extend_from_slice(b"\"yy");
+                for from in 0..=len {
+                    assert_eq!(quote_or_backslash(&b, from), Some(len), "{len} {from}");
+                }
+            }
+            let b = vec![b'x'; len];
+            assert_eq!(quote_or_backslash(&b, 0), None);
+        }
+        assert!(has_control(b"abc\x01"));
+        assert!(!has_control("地市 abc".as_bytes()));
+    }
+
+    #[test]
+    fn stops_when_asked() {
+        let mut buf = Vec::new();
+        let mut seen = 0;
+        let n = scan(r#"[{"a":1},{"a":2},{"a":3}]"#, &mut buf, |_| {
+            seen += 1;
+            seen < 2
+        })
+        .unwrap();
+        assert_eq!((n, seen), (2, 2));
+    }
+
+    fn json_value() -> impl Strategy<Value = serde_json::Value> {
+        let leaf = prop_oneof![
+            Just(serde_json::Value::Null),
+            any::<bool>().prop_map(serde_json::Value::from),
+            any::<i64>().prop_map(serde_json::Value::from),
+            any::<f64>()
+                .prop_filter("finite", |f| f.is_finite())
+                .prop_map(serde_json::Value::from),
+            "[\\PC\t\n\"\\\\/]{0,12}".prop_map(serde_json::Value::from),
+        ];
+        leaf.prop_recursive(2, 8, 3, |inner| {
+            prop_oneof![
+                prop::collection::vec(inner.clone(), 0..3).prop_map(serde_json::Value::from),
+                prop::collection::btree_map("[a-z地市\"]{1,3}", inner, 0..3)
+                    .prop_map(|m| serde_json::Value::Object(m.into_iter().collect())),
+            ]
+        })
+    }
+
+    proptest! {
+        /// Whatever serde_json writes, the scanner reads back to the same values.
+        #[test]
+        fn agrees_with_serde_json(
+            recs in prop::collection::vec(
+                prop::collection::vec(("[a-z地市\"\\\\ ]{1,4}", json_value()), 0..5), 0..4),
+            pretty in any::<bool>(),
+        ) {
+            let page: Vec<serde_json::Value> = recs
+                .iter()
+                .map(|r| serde_json::Value::Object(r.iter().cloned().collect()))
+                .collect();
+            let text = if pretty {
+                serde_json::to_string_pretty(&page).unwrap()
+            } else {
+                serde_json::to_string(&page).unwrap()
+            };
+            let got = records(&text).unwrap();
+            // Compared with serde_json's own reading of the same text (its float
+            // parsing does not always round-trip what it wrote).
+            let page: Vec<serde_json::Value> = serde_json::from_str(&text).unwrap();
+            prop_assert_eq!(got.len(), page.len());
+            for (rec, want) in got.iter().zip(&page) {
+                let want = want.as_object().unwrap();
+                prop_assert_eq!(rec.len(), want.len());
+                for (k, raw) in rec {
+                    let v: serde_json::Value = serde_json::from_str(raw).unwrap();
+                    prop_assert_eq!(Some(&v), want.get(k));
+                }
+            }
+        }
+    }
+}
