@@ -204,7 +204,7 @@ pub fn raw_record(spec: &DatasetSpec, i: u64) -> Vec<(String, String)> {
     let recs = jdop::platform::split_records(&wrapped).unwrap();
     recs[0]
         .iter()
-        .map(|(k, v)| (k.to_string(), v.get().to_string()))
+        .map(|(k, v)| (k.to_string(), v.to_string()))
         .collect()
 }
 
