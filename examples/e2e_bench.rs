@@ -17,6 +17,16 @@ fn jdop() -> PathBuf {
     exe.parent().unwrap().parent().unwrap().join("jdop")
 }
 
+/// The binary that exports: `JDOP_BIN` (to compare two builds in one run against
+/// the same simulator), else this build's.
+fn exporter() -> PathBuf {
+    if let Some(bin) = std::env::var_os("JDOP_BIN") {
+        return PathBuf::from(bin);
+    }
+    let exe = std::env::current_exe().unwrap();
+    exe.parent().unwrap().parent().unwrap().join("jdop")
+}
+
 /// Waits for a child and returns (exit status, user+system CPU seconds, peak RSS KiB).
 fn wait_with_usage(child: std::process::Child) -> (i32, f64, i64) {
     let pid = child.id() as libc::pid_t;
@@ -109,7 +119,7 @@ fn run_case(
         std::thread::sleep(Duration::from_millis(400));
         let out = dir.path().join(format!("out{i}"));
         let started = Instant::now();
-        let child = Command::new(jdop())
+        let child = Command::new(exporter())
             .args([
                 "export",
                 &format!("cata_{}", i + 1),

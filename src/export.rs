@@ -454,9 +454,11 @@ pub async fn export(cfg: &ExportConfig, reporter: Arc<dyn Reporter>) -> Result<S
 /// benchmarks and conversions of saved pages): record arrays in page order are
 /// spooled and inferred on rayon, row groups encoded as soon as their pages are in,
 /// the file assembled as `dir/part-00000.parquet`. `dir` gets a `.jdop-work` folder
-/// for the spool, removed at the end.
-pub fn pages_to_parquet(
-    pages: &[String],
+/// for the spool, removed at the end. `pages` is consumed as it goes (64 pages at
+/// a time), so a caller that reads them from a file or a channel holds only those
+/// in memory, and its reading overlaps the conversion.
+pub fn pages_to_parquet<S: AsRef<str> + Send + Sync>(
+    pages: impl IntoIterator<Item = S>,
     dir: &std::path::Path,
     parquet: &ParquetOptions,
     detect: &DetectOptions,
@@ -469,23 +471,30 @@ pub fn pages_to_parquet(
         let spill = SpillFile::create(&work.join("spill.bin"))
             .map_err(|e| Error::io("create", work.join("spill.bin"), e))?;
         let encoder = GroupEncoder::new(crate::sink::writer_props(parquet)?, SpillFactory(spill));
-        let n = pages.len() as u64;
         let group_pages = (parquet.row_group_rows as u64 / page_size.max(1) as u64).max(1);
+        // The number of pages is known at the end: until then, full row groups only.
         let mut early = EarlyGroups::start(
             encoder.clone(),
             spool.clone(),
-            n,
+            u64::MAX,
             group_pages,
             detect.clone(),
         );
         let mut inferrer = crate::schema::Inferrer::default();
-        let mut rows: Vec<u32> = Vec::with_capacity(pages.len());
-        for (c, chunk) in pages.chunks(64).enumerate() {
-            let base = (c * 64) as u64;
+        let mut rows: Vec<u32> = Vec::new();
+        let mut pages = pages.into_iter();
+        loop {
+            let chunk: Vec<S> = pages.by_ref().take(64).collect();
+            if chunk.is_empty() {
+                break;
+            }
+            let base = rows.len() as u64;
             let outs: Vec<Result<(u32, crate::schema::Inferrer, u64)>> = chunk
                 .par_iter()
                 .enumerate()
-                .map(|(j, a)| fetch::process_array(&spool, "", base + j as u64 + 1, a, true))
+                .map(|(j, a)| {
+                    fetch::process_array(&spool, "", base + j as u64 + 1, a.as_ref(), true)
+                })
                 .collect();
             for o in outs {
                 let (r, inf, _) = o?;
@@ -494,6 +503,8 @@ pub fn pages_to_parquet(
                 early.on_prefix(rows.len() as u64, &inferrer, &rows);
             }
         }
+        let n = rows.len() as u64;
+        early.end(n, &inferrer, &rows);
         let groups = early.finish();
         let schema = inferrer
             .finish_with(detect)
@@ -949,6 +960,13 @@ impl EarlyGroups {
             }
             self.sent += 1;
         }
+    }
+
+    /// The number of pages is now known to be `n` (all in): hands over the last,
+    /// partial row group.
+    fn end(&mut self, n: u64, inf: &crate::schema::Inferrer, rows: &[u32]) {
+        self.pages = n;
+        self.on_prefix(n, inf, rows);
     }
 
     fn finish(mut self) -> Vec<Option<EncodedGroup>> {

@@ -435,133 +435,141 @@ async fn handle(
         count(|s| s.stalled += 1);
         delay += cfg.stall;
     }
-    if !delay.is_zero() {
-        tokio::time::sleep(delay).await;
-    }
-    if cfg.error_rate > 0.0 && r(2) < cfg.error_rate {
-        count(|s| s.http_errors += 1);
-        let status = [
-            StatusCode::INTERNAL_SERVER_ERROR,
-            StatusCode::BAD_GATEWAY,
-            StatusCode::GATEWAY_TIMEOUT,
-        ][(r(3) * 3.0) as usize % 3];
-        return html(status);
-    }
-    if cfg.drop_rate > 0.0 && r(4) < cfg.drop_rate {
-        count(|s| s.dropped += 1);
-        return dropped();
-    }
-    if cfg.redirect_rate > 0.0 && r(5) < cfg.redirect_rate {
-        count(|s| s.redirected += 1);
-        return (
-            StatusCode::FOUND,
-            [
-                (header::LOCATION, "/jdop_front/login.do"),
-                (header::CONTENT_TYPE, "text/html"),
-            ],
-            "<html><body>请先登录</body></html>",
-        )
-            .into_response();
-    }
-    let truncate = cfg.truncate_rate > 0.0 && r(6) < cfg.truncate_rate;
-
-    if params.get("appsecret").map(String::as_str) != Some(cfg.secret.as_str()) {
-        count(|s| s.rejected += 1);
-        return envelope_fail("appsecret无效或已过期，请检查应用的appsecret");
-    }
-    if kind == 1 && cfg.mutate_after == Some(data_calls) && cfg.mutate_rows > 0 {
-        let mut sets = st.datasets.write().unwrap_or_else(|e| e.into_inner());
-        if let Some(spec) = sets.get_mut(&dataset) {
-            spec.front += cfg.mutate_rows;
-            spec.rows += cfg.mutate_rows;
-            spec.updated += chrono::Duration::days(1);
-            count(|s| s.mutations += 1);
+    // The answer leaves `delay` after the request came in, whatever the time spent
+    // building it (a server's own work is part of its response time).
+    let deadline = tokio::time::Instant::now() + delay;
+    let response = async {
+        if cfg.error_rate > 0.0 && r(2) < cfg.error_rate {
+            count(|s| s.http_errors += 1);
+            let status = [
+                StatusCode::INTERNAL_SERVER_ERROR,
+                StatusCode::BAD_GATEWAY,
+                StatusCode::GATEWAY_TIMEOUT,
+            ][(r(3) * 3.0) as usize % 3];
+            return html(status);
         }
-    }
-    let Some(spec) = st
-        .datasets
-        .read()
-        .unwrap_or_else(|e| e.into_inner())
-        .get(&dataset)
-        .cloned()
-    else {
-        count(|s| s.rejected += 1);
-        return envelope_fail("接口不存在或未申请该接口权限");
-    };
+        if cfg.drop_rate > 0.0 && r(4) < cfg.drop_rate {
+            count(|s| s.dropped += 1);
+            return dropped();
+        }
+        if cfg.redirect_rate > 0.0 && r(5) < cfg.redirect_rate {
+            count(|s| s.redirected += 1);
+            return (
+                StatusCode::FOUND,
+                [
+                    (header::LOCATION, "/jdop_front/login.do"),
+                    (header::CONTENT_TYPE, "text/html"),
+                ],
+                "<html><body>请先登录</body></html>",
+            )
+                .into_response();
+        }
+        let truncate = cfg.truncate_rate > 0.0 && r(6) < cfg.truncate_rate;
 
-    let mut out = match kind {
-        0 => format!(
-            "{{\"status\":1,\"msg\":\"查询成功\",\"data\":{}}}",
-            spec.rows
-        ),
-        2 => format!(
-            "{{\"status\":1,\"msg\":\"查询成功\",\"data\":{}}}",
-            spec.update_date_json()
-        ),
-        _ => {
-            let (Some(num), Some(size)) = (
-                page_num,
-                params.get("pageSize").and_then(|p| p.parse::<u64>().ok()),
-            ) else {
-                count(|s| s.rejected += 1);
-                return envelope_fail("参数错误：pageNum和pageSize为必填的正整数");
-            };
-            if num == 0 || size == 0 {
-                count(|s| s.rejected += 1);
-                return envelope_fail("参数错误：pageNum和pageSize为必填的正整数");
+        if params.get("appsecret").map(String::as_str) != Some(cfg.secret.as_str()) {
+            count(|s| s.rejected += 1);
+            return envelope_fail("appsecret无效或已过期，请检查应用的appsecret");
+        }
+        if kind == 1 && cfg.mutate_after == Some(data_calls) && cfg.mutate_rows > 0 {
+            let mut sets = st.datasets.write().unwrap_or_else(|e| e.into_inner());
+            if let Some(spec) = sets.get_mut(&dataset) {
+                spec.front += cfg.mutate_rows;
+                spec.rows += cfg.mutate_rows;
+                spec.updated += chrono::Duration::days(1);
+                count(|s| s.mutations += 1);
             }
-            if cfg.fail_pages.contains(&num) {
-                return match cfg.fail_mode {
-                    FailMode::Status0 => {
-                        count(|s| s.rejected += 1);
-                        envelope_fail(FAIL_MSG)
-                    }
-                    FailMode::Http500 => {
-                        count(|s| s.http_errors += 1);
-                        html(StatusCode::INTERNAL_SERVER_ERROR)
-                    }
+        }
+        let Some(spec) = st
+            .datasets
+            .read()
+            .unwrap_or_else(|e| e.into_inner())
+            .get(&dataset)
+            .cloned()
+        else {
+            count(|s| s.rejected += 1);
+            return envelope_fail("接口不存在或未申请该接口权限");
+        };
+
+        let mut out = match kind {
+            0 => format!(
+                "{{\"status\":1,\"msg\":\"查询成功\",\"data\":{}}}",
+                spec.rows
+            ),
+            2 => format!(
+                "{{\"status\":1,\"msg\":\"查询成功\",\"data\":{}}}",
+                spec.update_date_json()
+            ),
+            _ => {
+                let (Some(num), Some(size)) = (
+                    page_num,
+                    params.get("pageSize").and_then(|p| p.parse::<u64>().ok()),
+                ) else {
+                    count(|s| s.rejected += 1);
+                    return envelope_fail("参数错误：pageNum和pageSize为必填的正整数");
                 };
-            }
-            let size = if size > 200 {
-                match cfg.oversize {
-                    Oversize::Error => {
-                        count(|s| s.rejected += 1);
-                        return envelope_fail("每页条数不能超过200");
+                if num == 0 || size == 0 {
+                    count(|s| s.rejected += 1);
+                    return envelope_fail("参数错误：pageNum和pageSize为必填的正整数");
+                }
+                if cfg.fail_pages.contains(&num) {
+                    return match cfg.fail_mode {
+                        FailMode::Status0 => {
+                            count(|s| s.rejected += 1);
+                            envelope_fail(FAIL_MSG)
+                        }
+                        FailMode::Http500 => {
+                            count(|s| s.http_errors += 1);
+                            html(StatusCode::INTERNAL_SERVER_ERROR)
+                        }
+                    };
+                }
+                let size = if size > 200 {
+                    match cfg.oversize {
+                        Oversize::Error => {
+                            count(|s| s.rejected += 1);
+                            return envelope_fail("每页条数不能超过200");
+                        }
+                        Oversize::Clamp => 200,
                     }
-                    Oversize::Clamp => 200,
+                } else {
+                    size
+                };
+                let pages = spec.rows.div_ceil(size);
+                let num = if num > pages && cfg.past_end == PastEnd::LastPage && pages > 0 {
+                    pages
+                } else {
+                    num
+                };
+                let start = (num - 1).saturating_mul(size);
+                let end = (start + size).min(spec.rows);
+                let mut out =
+                    String::with_capacity((end.saturating_sub(start) as usize) * 900 + 64);
+                out.push_str("{\"status\":1,\"msg\":\"查询成功\",\"data\":[");
+                for i in start..end {
+                    if i > start {
+                        out.push(',');
+                    }
+                    spec.write_record(i, &mut out);
                 }
-            } else {
-                size
-            };
-            let pages = spec.rows.div_ceil(size);
-            let num = if num > pages && cfg.past_end == PastEnd::LastPage && pages > 0 {
-                pages
-            } else {
-                num
-            };
-            let start = (num - 1).saturating_mul(size);
-            let end = (start + size).min(spec.rows);
-            let mut out = String::with_capacity((end.saturating_sub(start) as usize) * 900 + 64);
-            out.push_str("{\"status\":1,\"msg\":\"查询成功\",\"data\":[");
-            for i in start..end {
-                if i > start {
-                    out.push(',');
-                }
-                spec.write_record(i, &mut out);
+                out.push_str("]}");
+                out
             }
-            out.push_str("]}");
-            out
+        };
+        if truncate {
+            count(|s| s.truncated += 1);
+            let mut cut = out.len() / 2;
+            while !out.is_char_boundary(cut) {
+                cut -= 1;
+            }
+            out.truncate(cut);
         }
-    };
-    if truncate {
-        count(|s| s.truncated += 1);
-        let mut cut = out.len() / 2;
-        while !out.is_char_boundary(cut) {
-            cut -= 1;
-        }
-        out.truncate(cut);
+        json_response(out)
     }
-    json_response(out)
+    .await;
+    if !delay.is_zero() {
+        tokio::time::sleep_until(deadline).await;
+    }
+    response
 }
 
 /// The message of a `--fail-page` in `status0` mode: a terminal platform error.
