@@ -144,16 +144,14 @@ fn infer(pages: &[String]) -> Result<InferredSchema> {
     Ok(inf.finish())
 }
 
+/// The NDJSON reader thread; it returns its time spent reading and building pages.
+type Reader = std::thread::JoinHandle<Result<(Duration, Duration)>>;
+
 /// Reads NDJSON in 8 MiB blocks on a thread of its own and hands over pages of
 /// `PAGE_SIZE` records (`[r1,r2,...]`, the spooled form) through a bounded channel,
 /// so reading overlaps the conversion and memory holds a few blocks, not the file.
 /// The returned handle gives the thread's busy time (reading, and building pages).
-fn stream_pages(
-    ndjson: &Path,
-) -> Result<(
-    std::sync::mpsc::Receiver<String>,
-    std::thread::JoinHandle<Result<(Duration, Duration)>>,
-)> {
+fn stream_pages(ndjson: &Path) -> Result<(std::sync::mpsc::Receiver<String>, Reader)> {
     use std::io::Read;
     let mut file = File::open(ndjson)?;
     let (tx, rx) = std::sync::mpsc::sync_channel::<String>(128);
