@@ -4,7 +4,9 @@
 //! the bound, their ratio, CPU seconds and peak RSS of the export process.
 //!
 //! `cargo build --release && target/release/examples/e2e_bench [--runs N] [RECORDS,LATENCY_MS,CONCURRENCY ...]`
-//! Default cases: 300000,30,8 1000000,30,16 200000,0,8. Each case runs N times
+//! Default cases: 300000,30,8 1000000,30,16 200000,0,8; a fourth number is the page
+//! size (default 200: `30000,30,8,20` is the same 1,500 requests with a tenth of
+//! the data, the floor of this setup). Each case runs N times
 //! (default 3) against a fresh simulator; the run with the median wall time is
 //! reported, with the simulator's CPU seconds (it shares the machine).
 
@@ -54,13 +56,17 @@ fn main() {
             .expect("--runs N");
         args.drain(i..i + 2);
     }
-    let cases: Vec<(u64, u64, u64)> = if args.is_empty() {
-        vec![(300_000, 30, 8), (1_000_000, 30, 16), (200_000, 0, 8)]
+    let cases: Vec<(u64, u64, u64, u64)> = if args.is_empty() {
+        vec![
+            (300_000, 30, 8, 200),
+            (1_000_000, 30, 16, 200),
+            (200_000, 0, 8, 200),
+        ]
     } else {
         args.iter()
             .map(|a| {
                 let v: Vec<u64> = a.split(',').map(|x| x.parse().unwrap()).collect();
-                (v[0], v[1], v[2])
+                (v[0], v[1], v[2], v.get(3).copied().unwrap_or(200))
             })
             .collect()
     };
@@ -73,13 +79,13 @@ fn main() {
     let dir = tempfile::tempdir().unwrap();
     println!("| records | latency | concurrency | wall s | bound s | wall/bound | CPU s | peak RSS MiB | sim CPU s |");
     println!("|---|---|---|---|---|---|---|---|---|");
-    for (i, (records, latency, conc)) in cases.iter().enumerate() {
+    for (i, (records, latency, conc, page_size)) in cases.iter().enumerate() {
         let mut results: Vec<(f64, f64, i64, f64)> = (0..runs)
-            .map(|_| run_case(i, &dir, port, &datasets, *latency, *conc))
+            .map(|_| run_case(i, &dir, port, &datasets, *latency, *conc, *page_size))
             .collect();
         results.sort_by(|a, b| a.0.total_cmp(&b.0));
         let (wall, cpu, rss_kib, sim_cpu) = results[results.len() / 2];
-        let pages = records.div_ceil(200) + 4;
+        let pages = records.div_ceil(*page_size) + 4;
         let bound = pages as f64 * (*latency as f64 / 1000.0) / *conc as f64;
         let ratio = if bound > 0.0 {
             format!("{:.2}", wall / bound)
@@ -102,6 +108,7 @@ fn run_case(
     datasets: &[String],
     latency: u64,
     conc: u64,
+    page_size: u64,
 ) -> (f64, f64, i64, f64) {
     {
         let mut sim = Command::new(jdop());
@@ -129,6 +136,7 @@ fn run_case(
             ])
             .arg(&out)
             .args(["-q", "-j", &conc.to_string()])
+            .args(["--page-size", &page_size.to_string()])
             .env("JDOP_APPSECRET", jdop::sim::DEFAULT_SECRET)
             .spawn()
             .unwrap();

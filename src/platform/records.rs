@@ -27,13 +27,29 @@ type Scan<T> = Result<T, Unreadable>;
 pub fn scan<'a>(
     text: &'a str,
     entries: &mut Vec<Entry<'a>>,
-    mut f: impl FnMut(&[Entry<'a>]) -> bool,
+    f: impl FnMut(&[Entry<'a>]) -> bool,
 ) -> Scan<usize> {
     let b = text.as_bytes();
-    // Compact pages have no byte below 0x20 at all: then no string can hold one,
-    // and the per-string check is skipped.
-    let control = has_control(b);
-    let mut i = ws(b, 0);
+    let start = ws(b, 0);
+    let (n, end) = scan_from(text, start, has_control(b), entries, f)?;
+    if ws(b, end) != b.len() {
+        return Err(Unreadable);
+    }
+    Ok(n)
+}
+
+/// [`scan`] of the array that starts at `i` in `text` (which may go on after it):
+/// the number of records and the end of the array. `control`: whether `text` may
+/// hold control characters (if not, strings are not checked for them).
+/// Stopped early by `f`, the end is `text.len()`.
+fn scan_from<'a>(
+    text: &'a str,
+    mut i: usize,
+    control: bool,
+    entries: &mut Vec<Entry<'a>>,
+    mut f: impl FnMut(&[Entry<'a>]) -> bool,
+) -> Scan<(usize, usize)> {
+    let b = text.as_bytes();
     if b.get(i) != Some(&b'[') {
         return Err(Unreadable);
     }
@@ -84,7 +100,7 @@ pub fn scan<'a>(
             }
             n += 1;
             if !f(entries) {
-                return Ok(n);
+                return Ok((n, b.len()));
             }
             i = ws(b, i);
             match b.get(i) {
@@ -97,10 +113,66 @@ pub fn scan<'a>(
             }
         }
     }
-    if ws(b, i) != b.len() {
-        return Err(Unreadable);
+    Ok((n, i))
+}
+
+/// The record array of a page body `{"status":1,"msg":...,"data":[...]}` read
+/// in one pass and checked as [`scan`] checks it: `Some` only for the plain case
+/// (status `1` or `"1"`, `data` an array, no key twice, nothing after the object);
+/// anything else is `None`, for serde_json to read and explain.
+pub fn page_array(text: &str) -> Option<&str> {
+    let b = text.as_bytes();
+    let control = has_control(b);
+    let mut i = ws(b, 0);
+    if b.get(i) != Some(&b'{') {
+        return None;
     }
-    Ok(n)
+    i = ws(b, i + 1);
+    let (mut status_ok, mut seen_status, mut data) = (false, false, None);
+    let mut keys: Vec<&str> = Vec::new();
+    let mut entries = Vec::new();
+    loop {
+        if b.get(i) != Some(&b'"') {
+            return None;
+        }
+        let (end, escaped) = string_end(b, i, control).ok()?;
+        if escaped {
+            return None;
+        }
+        let key = &text[i + 1..end];
+        if keys.contains(&key) {
+            return None;
+        }
+        keys.push(key);
+        i = ws(b, end + 1);
+        if b.get(i) != Some(&b':') {
+            return None;
+        }
+        i = ws(b, i + 1);
+        let vend = if key == "data" {
+            let (_, vend) = scan_from(text, i, control, &mut entries, |_| true).ok()?;
+            data = Some(&text[i..vend]);
+            vend
+        } else {
+            value_end(text, i, control).ok()?
+        };
+        if key == "status" {
+            seen_status = true;
+            status_ok = matches!(&text[i..vend], "1" | "\"1\"");
+        }
+        i = ws(b, vend);
+        match b.get(i) {
+            Some(b',') => i = ws(b, i + 1),
+            Some(b'}') => {
+                i += 1;
+                break;
+            }
+            _ => return None,
+        }
+    }
+    (seen_status && status_ok && ws(b, i) == b.len())
+        .then_some(data)
+        .flatten()
 }
 
 /// Checks UTF-8 with SIMD (several times faster than `std::str::from_utf8` on
@@ -195,15 +267,46 @@ fn value_end(text: &str, i: usize, control: bool) -> Scan<usize> {
         b'n' => literal(b, i, b"null"),
         b'-' | b'0'..=b'9' => number_end(b, i),
         b'{' | b'[' => {
-            // Nested values are rare in this data: serde_json checks and measures them.
-            let mut values =
-                serde_json::Deserializer::from_str(&text[i..]).into_iter::<serde::de::IgnoredAny>();
-            match values.next() {
-                Some(Ok(_)) => Ok(i + values.byte_offset()),
-                _ => Err(Unreadable),
-            }
+            // Nested values are rare in this data: measured here without recursion
+            // (a hostile depth is refused before serde_json sees it), then checked
+            // by serde_json.
+            let end = nested_end(b, i, control)?;
+            serde_json::from_str::<serde::de::IgnoredAny>(&text[i..end]).map_err(|_| Unreadable)?;
+            Ok(end)
         }
         _ => Err(Unreadable),
+    }
+}
+
+/// The deepest nesting read in one pass (deeper pages go to serde_json's reading,
+/// which refuses them with a clear error).
+const MAX_DEPTH: usize = 64;
+
+/// The end of the array or object at `i`, brackets inside strings skipped.
+fn nested_end(b: &[u8], i: usize, control: bool) -> Scan<usize> {
+    let mut depth = 0usize;
+    let mut j = i;
+    loop {
+        match *b.get(j).ok_or(Unreadable)? {
+            b'"' => {
+                j = string_end(b, j, control)?.0 + 1;
+                continue;
+            }
+            b'[' | b'{' => {
+                depth += 1;
+                if depth > MAX_DEPTH {
+                    return Err(Unreadable);
+                }
+            }
+            b']' | b'}' => {
+                depth -= 1;
+                if depth == 0 {
+                    return Ok(j + 1);
+                }
+            }
+            _ => {}
+        }
+        j += 1;
     }
 }
 
@@ -314,6 +417,8 @@ mod tests {
             "[{}] x",
             "[{\"a\":\"unterminated}]",
             "[{\"a\":[1,2}]",
+            "[{\"a\":[1,2]]}]",
+            "[{\"a\":{\"b\":1]}]",
         ] {
             assert!(records(bad).is_err(), "{bad:?} accepted");
             assert!(
@@ -340,6 +445,18 @@ mod tests {
         }
         assert!(has_control(b"abc\x01"));
         assert!(!has_control("地市 abc".as_bytes()));
+    }
+
+    #[test]
+    fn deep_nesting_is_refused_without_recursion() {
+        let deep = format!(
+            "[{{\"a\":{}1{}}}]",
+            "[".repeat(100_000),
+            "]".repeat(100_000)
+        );
+        assert!(records(&deep).is_err());
+        let ok = format!("[{{\"a\":{}1{}}}]", "[".repeat(60), "]".repeat(60));
+        assert_eq!(records(&ok).unwrap().len(), 1);
     }
 
     #[test]
