@@ -127,6 +127,33 @@ impl Kind {
         *self = merged;
     }
 
+    /// Whether merging `raw`'s kind would leave `self` as it is, decided without
+    /// building that kind (the common case: a string in a string column).
+    fn already_holds(&self, raw: &str) -> bool {
+        let b = raw.as_bytes();
+        match (self, b.first()) {
+            (_, Some(b'n')) | (Kind::Json, _) => true,
+            (Kind::Str, Some(b'"' | b't' | b'f')) | (Kind::Bool, Some(b't' | b'f')) => true,
+            // Numbers: short ones surely fit (an i64 has 19 digits, an f64 is
+            // finite below 309); longer ones are parsed.
+            (Kind::Str, Some(b'-' | b'0'..=b'9')) => true,
+            (Kind::Int, Some(b'-' | b'0'..=b'9')) => {
+                b.len() <= 18 && !b.iter().any(|c| matches!(c, b'.' | b'e' | b'E'))
+            }
+            (Kind::Float, Some(b'-' | b'0'..=b'9')) => {
+                if b.iter().any(|c| matches!(c, b'e' | b'E')) {
+                    false
+                } else if b.contains(&b'.') {
+                    b.len() <= 300
+                } else {
+                    // An integer: one beyond i64 is kept as text (rule 1).
+                    b.len() <= 18
+                }
+            }
+            _ => false,
+        }
+    }
+
     fn is_scalar(&self) -> bool {
         matches!(self, Kind::Bool | Kind::Int | Kind::Float | Kind::Str)
     }
@@ -194,6 +221,19 @@ impl Kind {
     pub fn is_json_text(&self) -> bool {
         matches!(self, Kind::Json) || matches!(self, Kind::Struct(s) if s.fields.is_empty())
     }
+}
+
+/// Key equality for the short keys of records: an inline compare, not a call
+/// to memcmp (which dominated the hint check).
+pub(crate) fn same_key(a: &str, b: &str) -> bool {
+    let (a, b) = (a.as_bytes(), b.as_bytes());
+    if a.len() != b.len() {
+        return false;
+    }
+    if a.len() > 32 {
+        return a == b;
+    }
+    a.iter().zip(b).all(|(x, y)| x == y)
 }
 
 fn struct_fields(s: &StructKind) -> Fields {
@@ -276,7 +316,15 @@ impl Inferrer {
         self.rows += 1;
         for (pos, (key, raw)) in record.iter().enumerate() {
             let i = match self.hints.get(pos) {
-                Some(&h) if self.columns.fields.get(h).is_some_and(|f| f.0 == *key) => h,
+                Some(&h)
+                    if self
+                        .columns
+                        .fields
+                        .get(h)
+                        .is_some_and(|f| same_key(&f.0, key)) =>
+                {
+                    h
+                }
                 _ => {
                     let i = self.columns.slot(key);
                     if pos < self.hints.len() {
@@ -308,7 +356,10 @@ impl Inferrer {
                 _ => {}
             }
             st.detect.observe_raw(raw);
-            self.columns.fields[i].1.merge(Kind::of(raw));
+            let kind = &mut self.columns.fields[i].1;
+            if !kind.already_holds(raw) {
+                kind.merge(Kind::of(raw));
+            }
         }
     }
 
@@ -853,6 +904,53 @@ pub struct ColumnInfo {
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    #[test]
+    fn shortcut_agrees_with_merging() {
+        let raws = [
+            "null",
+            "true",
+            "false",
+            "\"x\"",
+            "\"\"",
+            "0",
+            "-0",
+            "12",
+            "-123456789012345678",
+            "1234567890123456789",
+            "12345678901234567890",
+            "1.5",
+            "-0.25",
+            "1e3",
+            "1E400",
+            "123456789012345678901234567890.5",
+            "{\"a\":1}",
+            "[1]",
+            "[]",
+            "{}",
+        ];
+        let kinds = [
+            Kind::Unknown,
+            Kind::Bool,
+            Kind::Int,
+            Kind::Float,
+            Kind::Str,
+            Kind::Json,
+            Kind::of("[1]"),
+            Kind::of("{\"a\":1}"),
+        ];
+        for k in &kinds {
+            for raw in raws {
+                if k.already_holds(raw) {
+                    let mut merged = k.clone();
+                    merged.merge(Kind::of(raw));
+                    assert_eq!(&merged, k, "{k:?} + {raw}");
+                }
+            }
+        }
+        assert!(Kind::Str.already_holds("\"x\""));
+        assert!(!Kind::Float.already_holds("12345678901234567890"));
+    }
     use crate::platform::split_records;
 
     fn infer(pages: &[&str]) -> InferredSchema {
