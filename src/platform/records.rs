@@ -128,8 +128,10 @@ pub fn page_array(text: &str) -> Option<&str> {
         return None;
     }
     i = ws(b, i + 1);
-    let (mut status_ok, mut seen_status, mut data) = (false, false, None);
-    let mut keys: Vec<&str> = Vec::new();
+    let (mut status_ok, mut data) = (false, None);
+    // Fields seen (status, msg, data): serde_json refuses these twice, and
+    // ignores other keys however often they come.
+    let mut seen = [false; 3];
     let mut entries = Vec::new();
     loop {
         if b.get(i) != Some(&b'"') {
@@ -140,10 +142,11 @@ pub fn page_array(text: &str) -> Option<&str> {
             return None;
         }
         let key = &text[i + 1..end];
-        if keys.contains(&key) {
-            return None;
+        if let Some(f) = ["status", "msg", "data"].iter().position(|k| *k == key) {
+            if std::mem::replace(&mut seen[f], true) {
+                return None;
+            }
         }
-        keys.push(key);
         i = ws(b, end + 1);
         if b.get(i) != Some(&b':') {
             return None;
@@ -157,7 +160,6 @@ pub fn page_array(text: &str) -> Option<&str> {
             value_end(text, i, control).ok()?
         };
         if key == "status" {
-            seen_status = true;
             status_ok = matches!(&text[i..vend], "1" | "\"1\"");
         }
         i = ws(b, vend);
@@ -170,9 +172,7 @@ pub fn page_array(text: &str) -> Option<&str> {
             _ => return None,
         }
     }
-    (seen_status && status_ok && ws(b, i) == b.len())
-        .then_some(data)
-        .flatten()
+    (status_ok && ws(b, i) == b.len()).then_some(data).flatten()
 }
 
 /// Checks UTF-8 with SIMD (several times faster than `std::str::from_utf8` on

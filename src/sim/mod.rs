@@ -438,6 +438,12 @@ async fn handle(
     // The answer leaves `delay` after the request came in, whatever the time spent
     // building it (a server's own work is part of its response time).
     let deadline = tokio::time::Instant::now() + delay;
+    // Counters of what the answer is (a fault, a rejection...) count answers
+    // sent: applied after the wait, so a request the client gave up on during it
+    // counts as stalled only, as before. The data is read at arrival (a change
+    // of the dataset, `mutate_after`, happens when the N-th call comes in).
+    let answered = std::sync::Mutex::new(Vec::<fn(&mut SimStats)>::new());
+    let count = |f: fn(&mut SimStats)| answered.lock().unwrap_or_else(|e| e.into_inner()).push(f);
     let response = async {
         if cfg.error_rate > 0.0 && r(2) < cfg.error_rate {
             count(|s| s.http_errors += 1);
@@ -568,6 +574,10 @@ async fn handle(
     .await;
     if !delay.is_zero() {
         tokio::time::sleep_until(deadline).await;
+    }
+    let mut stats = st.stats.lock().unwrap_or_else(|e| e.into_inner());
+    for f in answered.into_inner().unwrap_or_else(|e| e.into_inner()) {
+        f(&mut stats);
     }
     response
 }

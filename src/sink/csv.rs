@@ -66,6 +66,8 @@ pub struct CsvSink {
     dataset: String,
     cells: Vec<String>,
     scratch: String,
+    /// Per key position in a record, the column it was last time.
+    hints: Vec<usize>,
 }
 
 impl CsvSink {
@@ -98,6 +100,7 @@ impl CsvSink {
             current: None,
             files: Vec::new(),
             dataset: dataset.to_string(),
+            hints: Vec::new(),
             cells: vec![String::new(); n],
             scratch: String::new(),
         }
@@ -176,9 +179,21 @@ impl CsvSink {
             for c in self.cells.iter_mut() {
                 c.clear();
             }
-            for (k, v) in rec {
-                let Some(&i) = self.index.get(k.as_ref()) else {
-                    continue;
+            for (pos, (k, v)) in rec.iter().enumerate() {
+                let i = match self.hints.get(pos) {
+                    Some(&h) if self.header.get(h).is_some_and(|n| n == k) => h,
+                    _ => {
+                        let Some(&i) = self.index.get(k.as_ref()) else {
+                            continue;
+                        };
+                        if pos < self.hints.len() {
+                            self.hints[pos] = i;
+                        } else {
+                            self.hints.resize(pos, usize::MAX);
+                            self.hints.push(i);
+                        }
+                        i
+                    }
                 };
                 // A key repeated in one record: the last value wins (as in serde_json).
                 self.cells[i].clear();
@@ -222,10 +237,11 @@ pub enum WriteOrPage {
 pub fn cell_text(raw: &str, out: &mut String) -> Result<(), PageError> {
     match raw.as_bytes().first() {
         Some(b'n') => {}
-        Some(b'"') => {
-            let s: String = serde_json::from_str(raw)?;
-            out.push_str(&s);
-        }
+        Some(b'"') => match crate::platform::records::string_content(raw) {
+            Some(s) => out.push_str(&s),
+            // Not a valid string: serde_json says why.
+            None => out.push_str(&serde_json::from_str::<String>(raw)?),
+        },
         _ => out.push_str(raw),
     }
     Ok(())

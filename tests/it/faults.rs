@@ -243,3 +243,34 @@ fn the_secret_never_appears_in_any_failure() {
         }
     }
 }
+
+#[test]
+fn a_request_given_up_during_its_stall_counts_as_stalled_only() {
+    // Stalls and other faults rolled on the same requests: the simulator counts
+    // what it answered, so a stalled request the client gave up on is one fault
+    // (the stall), and every retry of jdop matches one counted fault.
+    for seed in 1..=3 {
+        let spec = credit(1000);
+        let env = Env::with(SimConfig {
+            datasets: vec![spec.clone()],
+            error_rate: 0.3,
+            truncate_rate: 0.2,
+            stall_rate: 0.3,
+            stall: Duration::from_secs(3),
+            seed,
+            ..SimConfig::default()
+        });
+        env.export(
+            "cata_3820",
+            "snap",
+            &["-q", "-j", "4", "--max-retries", "30", "--timeout", "0.3"],
+        )
+        .ok();
+        assert_parquet_matches(&env.path("snap"), &spec);
+        let s = env.sim.stats();
+        let m = manifest(&env.path("snap"));
+        assert!(s.stalled > 0 && s.http_errors > 0, "seed {seed}: {s:?}");
+        let faults = s.http_errors + s.dropped + s.truncated + s.redirected + s.stalled;
+        assert_eq!(m.retries, faults, "seed {seed}: {s:?}");
+    }
+}
