@@ -105,10 +105,16 @@ impl Converter {
     fn decode_fast<P: AsRef<[u8]>>(&self, pages: &[P]) -> Option<(RecordBatch, Vec<usize>)> {
         let plan = self.fast.as_deref()?;
         let rows_hint = pages.len() * 200;
+        let bytes: usize = pages.iter().map(|p| p.as_ref().len()).sum();
         let mut cols: Vec<FastBuilder> = plan
             .columns
             .iter()
-            .map(|c| FastBuilder::new(*c, rows_hint))
+            .zip(&plan.text_share)
+            .map(|(c, share)| {
+                let share = share.load(std::sync::atomic::Ordering::Relaxed) as usize;
+                let text = (bytes / 65_536 + 1) * share * 17 / 16;
+                FastBuilder::new(*c, rows_hint, text)
+            })
             .collect();
         let mut ends = Vec::with_capacity(pages.len());
         let mut entries = Vec::new();
@@ -156,6 +162,12 @@ impl Converter {
                 return None;
             }
             ends.push(rows);
+        }
+        for (c, share) in cols.iter().zip(&plan.text_share) {
+            if let FastBuilder::Text(b, _) = c {
+                let per = b.values_slice().len() * 65_536 / bytes.max(1);
+                share.store(per as u32, std::sync::atomic::Ordering::Relaxed);
+            }
         }
         let arrays = cols.into_iter().map(|c| c.finish(rows)).collect();
         let options = arrow_array::RecordBatchOptions::new().with_row_count(Some(rows));
@@ -289,6 +301,10 @@ struct FastPlan {
     names: Vec<String>,
     index: HashMap<String, usize>,
     columns: Vec<FastColumn>,
+    /// Per column, its text bytes per 65,536 bytes of page, from the last batch
+    /// built: the next batch reserves that much (+1/16) instead of growing by
+    /// doubling, which left text buffers up to twice their size.
+    text_share: Vec<std::sync::atomic::AtomicU32>,
 }
 
 #[derive(Debug, Clone, Copy, PartialEq)]
@@ -328,10 +344,15 @@ impl FastPlan {
             .enumerate()
             .map(|(i, n)| (n.clone(), i))
             .collect();
+        let text_share = columns
+            .iter()
+            .map(|_| std::sync::atomic::AtomicU32::new(0))
+            .collect();
         Some(FastPlan {
             names,
             index,
             columns,
+            text_share,
         })
     }
 }
@@ -346,12 +367,12 @@ enum FastBuilder {
 }
 
 impl FastBuilder {
-    /// Text bytes grow as needed: a guess from the page sizes over-allocated
-    /// mostly-null columns (+25% peak memory in an export).
-    fn new(c: FastColumn, rows: usize) -> FastBuilder {
+    /// `text`: bytes to reserve for a text column (see `FastPlan::text_share`; a
+    /// guess from page sizes alone over-allocated mostly-null columns).
+    fn new(c: FastColumn, rows: usize, text: usize) -> FastBuilder {
         match c {
             FastColumn::Text { nested } => {
-                FastBuilder::Text(StringBuilder::with_capacity(rows, 0), nested)
+                FastBuilder::Text(StringBuilder::with_capacity(rows, text), nested)
             }
             FastColumn::Int => FastBuilder::Int(Int64Builder::with_capacity(rows)),
             FastColumn::Float => FastBuilder::Float(Float64Builder::with_capacity(rows)),
