@@ -161,6 +161,7 @@ fn stream_pages(ndjson: &Path) -> Result<(std::sync::mpsc::Receiver<String>, Rea
         let mut carry: Vec<u8> = Vec::new();
         let mut page = String::new();
         let mut in_page = 0usize;
+        let mut last_len = 0usize;
         loop {
             let t = Instant::now();
             let n = file.read(&mut block)?;
@@ -175,12 +176,43 @@ fn stream_pages(ndjson: &Path) -> Result<(std::sync::mpsc::Receiver<String>, Rea
             };
             let text = simdutf8::basic::from_utf8(&carry[..cut])
                 .map_err(|_| anyhow!("the NDJSON file is not UTF-8"))?;
-            for line in text.split('\n').filter(|l| !l.is_empty()) {
-                page.push(if in_page == 0 { '[' } else { ',' });
-                page.push_str(line);
-                in_page += 1;
+            let mut rest = text;
+            let mut newlines: Vec<usize> = Vec::with_capacity(PAGE_SIZE);
+            while !rest.is_empty() {
+                // The lines this page still needs, copied at once.
+                let need = PAGE_SIZE - in_page;
+                newlines.clear();
+                newlines.extend(memchr::memchr_iter(b'\n', rest.as_bytes()).take(need));
+                let end = match newlines.last() {
+                    Some(&nl) if newlines.len() == need => nl + 1,
+                    _ => rest.len(),
+                };
+                let (chunk, tail) = rest.split_at(end);
+                rest = tail;
+                // Lines end at the newlines (and the text's end); empty ones are skipped.
+                let mut start = 0;
+                for &nl in newlines.iter().chain(std::iter::once(&chunk.len())) {
+                    if nl > chunk.len() || start > nl {
+                        break;
+                    }
+                    let line = &chunk[start..nl];
+                    start = nl + 1;
+                    if line.is_empty() {
+                        continue;
+                    }
+                    if in_page == 0 {
+                        // The size of the last page: no growth by doubling.
+                        page.reserve(last_len + 4096);
+                        page.push('[');
+                    } else {
+                        page.push(',');
+                    }
+                    page.push_str(line);
+                    in_page += 1;
+                }
                 if in_page == PAGE_SIZE {
                     page.push(']');
+                    last_len = page.len();
                     // Time blocked on a full channel is not the reader's work.
                     let blocked = Instant::now();
                     if tx.send(std::mem::take(&mut page)).is_err() {
