@@ -87,14 +87,10 @@ fn scan_from<'a>(
                     i = ws(b, i + 1);
                     let vend = value_end(text, i, control)?;
                     entries.push((key, &text[i..vend]));
-                    i = ws(b, vend);
-                    match b.get(i) {
-                        Some(b',') => i = ws(b, i + 1),
-                        Some(b'}') => {
-                            i += 1;
-                            break;
-                        }
-                        _ => return Err(Unreadable),
+                    let closed;
+                    (i, closed) = comma_or(b, vend, b'}')?;
+                    if closed {
+                        break;
                     }
                 }
             }
@@ -102,14 +98,10 @@ fn scan_from<'a>(
             if !f(entries) {
                 return Ok((n, b.len()));
             }
-            i = ws(b, i);
-            match b.get(i) {
-                Some(b',') => i = ws(b, i + 1),
-                Some(b']') => {
-                    i += 1;
-                    break;
-                }
-                _ => return Err(Unreadable),
+            let closed;
+            (i, closed) = comma_or(b, i, b']')?;
+            if closed {
+                break;
             }
         }
     }
@@ -162,14 +154,10 @@ pub fn page_array(text: &str) -> Option<&str> {
         if key == "status" {
             status_ok = matches!(&text[i..vend], "1" | "\"1\"");
         }
-        i = ws(b, vend);
-        match b.get(i) {
-            Some(b',') => i = ws(b, i + 1),
-            Some(b'}') => {
-                i += 1;
-                break;
-            }
-            _ => return None,
+        let closed;
+        (i, closed) = comma_or(b, vend, b'}').ok()?;
+        if closed {
+            break;
         }
     }
     (status_ok && ws(b, i) == b.len()).then_some(data).flatten()
@@ -188,6 +176,17 @@ pub fn string_content(raw: &str) -> Option<Cow<'_, str>> {
         return Some(Cow::Borrowed(inner));
     }
     serde_json::from_str::<String>(raw).ok().map(Cow::Owned)
+}
+
+/// After a value ending at `i`: a comma (the position after it, and false) or
+/// `close` (the position after it, and true).
+fn comma_or(b: &[u8], i: usize, close: u8) -> Scan<(usize, bool)> {
+    let i = ws(b, i);
+    match b.get(i) {
+        Some(b',') => Ok((ws(b, i + 1), false)),
+        Some(&c) if c == close => Ok((i + 1, true)),
+        _ => Err(Unreadable),
+    }
 }
 
 fn ws(b: &[u8], mut i: usize) -> usize {
