@@ -22,7 +22,7 @@ use crate::progress::Reporter;
 use crate::schema::{DetectOptions, InferredSchema, Kind, Mismatch, SchemaChanges, SchemaPolicy};
 use crate::sink::assemble::{Assembler, EncodedGroup, GroupEncoder, SpillFactory, SpillFile};
 use crate::sink::{
-    cell_text, hive, CsvOptions, CsvSink, FileEntry, Format, ParquetOptions, ParquetSink,
+    cell_text, hive, CsvOptions, CsvPage, CsvSink, FileEntry, Format, ParquetOptions, ParquetSink,
 };
 use crate::spool::Spool;
 
@@ -1030,6 +1030,9 @@ fn encode_group(encoder: &GroupEncoder, spool: &Spool, job: &GroupJob) -> Result
 /// Pages decoded into one batch (a few thousand rows).
 const PAGES_PER_BATCH: usize = 8;
 
+/// Pages formatted as CSV at a time (in parallel) before they are written in order.
+const CSV_WINDOW: usize = 64;
+
 impl WriteJob {
     fn run(self) -> Result<Vec<FileEntry>> {
         if self.schema.columns.is_empty() {
@@ -1182,23 +1185,56 @@ impl WriteJob {
             return self.csv_partitioned(col, new_sink);
         }
         let mut sink = new_sink();
-        for page in 1..=self.pages {
-            let text = self.read(page)?;
-            let page_err = |source| Error::Page {
-                dataset: self.dataset.clone(),
-                page,
-                source: Box::new(source),
-            };
-            let records = split_records(&text).map_err(page_err)?;
-            sink.write_records(&records).map_err(|e| match e {
-                crate::sink::WriteOrPage::Write(e) => e,
-                crate::sink::WriteOrPage::Page(source) => Error::Page {
-                    dataset: self.dataset.clone(),
-                    page,
-                    source: Box::new(source),
+        let fmt = sink.formatter();
+        // Pages are formatted on all cores a window at a time, while the window
+        // before is written (in order) to the file.
+        let format_window = |window: &[u64]| -> Vec<Result<CsvPage>> {
+            window
+                .par_iter()
+                .map_init(
+                    || fmt.clone(),
+                    |fmt, &page| {
+                        let page_err = |source| Error::Page {
+                            dataset: self.dataset.clone(),
+                            page,
+                            source: Box::new(source),
+                        };
+                        let bytes = self
+                            .spool
+                            .read_page_bytes(page)
+                            .map_err(|e| page_err(crate::error::PageError::Spool(e)))?;
+                        let text = crate::platform::records::utf8(&bytes).map_err(|_| {
+                            page_err(crate::error::PageError::Spool(std::io::Error::new(
+                                std::io::ErrorKind::InvalidData,
+                                "the spooled page is not UTF-8",
+                            )))
+                        })?;
+                        let records = split_records(text).map_err(page_err)?;
+                        let mut rows = CsvPage::default();
+                        fmt.format(&records, &mut rows).map_err(page_err)?;
+                        Ok(rows)
+                    },
+                )
+                .collect()
+        };
+        let nums: Vec<u64> = (1..=self.pages).collect();
+        let windows: Vec<&[u64]> = nums.chunks(CSV_WINDOW).collect();
+        let mut ready = windows.first().map(|w| format_window(w));
+        for k in 0..windows.len() {
+            let current = ready.take().unwrap_or_default();
+            let (next, written) = rayon::join(
+                || windows.get(k + 1).map(|w| format_window(w)),
+                || -> Result<()> {
+                    for rows in current {
+                        let rows = rows?;
+                        sink.write_page(&rows)?;
+                        self.reporter.on_written(rows.rows() as u64);
+                    }
+                    Ok(())
                 },
-            })?;
-            self.reporter.on_written(records.len() as u64);
+            );
+            written?;
+            ready = next;
         }
         sink.close()
     }

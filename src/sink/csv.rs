@@ -56,18 +56,136 @@ pub struct CsvSink {
     dir: PathBuf,
     /// Path of the folder under the snapshot (`地市=杭州市/`), or empty.
     prefix: String,
-    header: Vec<String>,
-    index: HashMap<String, usize>,
-    targets: Vec<Option<Target>>,
     opts: CsvOptions,
     rows_per_file: Option<u64>,
-    current: Option<(csv::Writer<CsvOut>, String, u64)>,
+    current: Option<(CsvOut, String, u64)>,
     files: Vec<FileEntry>,
     dataset: String,
+    /// Formats this sink's own records (`write_record`).
+    fmt: CsvFormatter,
+    page: CsvPage,
+}
+
+/// Records formatted as CSV rows (UTF-8), with the end of each row: formatted on
+/// any thread, written in order by [`CsvSink::write_page`].
+#[derive(Debug, Default)]
+pub struct CsvPage {
+    bytes: Vec<u8>,
+    ends: Vec<usize>,
+}
+
+impl CsvPage {
+    pub fn rows(&self) -> usize {
+        self.ends.len()
+    }
+}
+
+/// Formats records into CSV rows for one header (cheap to clone, one per thread).
+#[derive(Clone)]
+pub struct CsvFormatter {
+    header: std::sync::Arc<Vec<String>>,
+    index: std::sync::Arc<HashMap<String, usize>>,
+    targets: std::sync::Arc<Vec<Option<Target>>>,
+    crlf: bool,
     cells: Vec<String>,
     scratch: String,
     /// Per key position in a record, the column it was last time.
     hints: Vec<usize>,
+}
+
+impl CsvFormatter {
+    fn new(header: Vec<String>, targets: Vec<Option<Target>>, crlf: bool) -> CsvFormatter {
+        let index = header
+            .iter()
+            .enumerate()
+            .map(|(i, n)| (n.clone(), i))
+            .collect();
+        let n = header.len();
+        let mut targets = targets;
+        targets.resize(n, None);
+        CsvFormatter {
+            header: std::sync::Arc::new(header),
+            index: std::sync::Arc::new(index),
+            targets: std::sync::Arc::new(targets),
+            crlf,
+            cells: vec![String::new(); n],
+            scratch: String::new(),
+            hints: Vec::new(),
+        }
+    }
+
+    fn writer(&self, out: Vec<u8>) -> csv::Writer<Vec<u8>> {
+        csv::WriterBuilder::new()
+            .terminator(if self.crlf {
+                csv::Terminator::CRLF
+            } else {
+                csv::Terminator::Any(b'\n')
+            })
+            .from_writer(out)
+    }
+
+    /// The header row.
+    fn header_row(&self) -> Vec<u8> {
+        let mut w = self.writer(Vec::new());
+        w.write_record(self.header.iter())
+            .expect("writing to memory");
+        w.into_inner().expect("writing to memory")
+    }
+
+    /// Formats `records` as rows appended to `page`.
+    pub fn format(
+        &mut self,
+        records: &[RawRecord<'_>],
+        page: &mut CsvPage,
+    ) -> Result<(), PageError> {
+        let mut w = self.writer(std::mem::take(&mut page.bytes));
+        let mut result = Ok(());
+        for rec in records {
+            if let Err(e) = self.row(rec) {
+                result = Err(e);
+                break;
+            }
+            w.write_record(&self.cells).expect("writing to memory");
+            w.flush().expect("writing to memory");
+            page.ends.push(w.get_ref().len());
+        }
+        page.bytes = w.into_inner().expect("writing to memory");
+        result
+    }
+
+    /// Fills `cells` with the fields of one record.
+    fn row(&mut self, rec: &RawRecord<'_>) -> Result<(), PageError> {
+        for c in self.cells.iter_mut() {
+            c.clear();
+        }
+        for (pos, (k, v)) in rec.iter().enumerate() {
+            let i = match self.hints.get(pos) {
+                Some(&h) if self.header.get(h).is_some_and(|n| n == k) => h,
+                _ => {
+                    let Some(&i) = self.index.get(k.as_ref()) else {
+                        continue;
+                    };
+                    if pos < self.hints.len() {
+                        self.hints[pos] = i;
+                    } else {
+                        self.hints.resize(pos, usize::MAX);
+                        self.hints.push(i);
+                    }
+                    i
+                }
+            };
+            // A key repeated in one record: the last value wins (as in serde_json).
+            self.cells[i].clear();
+            cell_text(v, &mut self.cells[i])?;
+            if let (Some(t), false) = (self.targets[i], self.cells[i].is_empty()) {
+                self.scratch.clear();
+                if t.canonical(&self.cells[i], &mut self.scratch).is_some() {
+                    std::mem::swap(&mut self.cells[i], &mut self.scratch);
+                }
+            }
+        }
+        Ok(())
+    }
 }
 
 impl CsvSink {
@@ -81,29 +199,22 @@ impl CsvSink {
         rows_per_file: Option<u64>,
         dataset: &str,
     ) -> CsvSink {
-        let index = header
-            .iter()
-            .enumerate()
-            .map(|(i, n)| (n.clone(), i))
-            .collect();
-        let n = header.len();
-        let mut targets = targets;
-        targets.resize(n, None);
         CsvSink {
             dir,
             prefix: String::new(),
-            header,
-            index,
-            targets,
+            fmt: CsvFormatter::new(header, targets, opts.crlf),
             opts,
             rows_per_file: rows_per_file.filter(|&n| n > 0),
             current: None,
             files: Vec::new(),
             dataset: dataset.to_string(),
-            hints: Vec::new(),
-            cells: vec![String::new(); n],
-            scratch: String::new(),
+            page: CsvPage::default(),
         }
+    }
+
+    /// A formatter of rows for this sink's header, to format pages on other threads.
+    pub fn formatter(&self) -> CsvFormatter {
+        self.fmt.clone()
     }
 
     /// Writes into `sub` (a partition folder, created) under `dir`.
@@ -114,15 +225,6 @@ impl CsvSink {
         Ok(self)
     }
 
-    fn err(&self, e: impl std::error::Error + Send + Sync + 'static) -> Error {
-        let name = self.current.as_ref().map(|c| c.1.as_str()).unwrap_or("");
-        Error::Write {
-            dataset: self.dataset.clone(),
-            what: format!("CSV file `{name}`"),
-            source: Box::new(e),
-        }
-    }
-
     fn open(&mut self) -> Result<()> {
         let name = part_name(self.files.len(), Format::Csv);
         let path = self.dir.join(&name);
@@ -131,30 +233,22 @@ impl CsvSink {
             file.write_all(b"\xEF\xBB\xBF")
                 .map_err(|e| Error::io("write", &path, e))?;
         }
-        let out = CsvOut {
+        let mut out = CsvOut {
             file,
             gb18030: self.opts.encoding == CsvEncoding::Gb18030,
             pending: Vec::new(),
         };
-        let mut w = csv::WriterBuilder::new()
-            .terminator(if self.opts.crlf {
-                csv::Terminator::CRLF
-            } else {
-                csv::Terminator::Any(b'\n')
-            })
-            .from_writer(out);
-        w.write_record(&self.header).map_err(|e| self.err(e))?;
-        self.current = Some((w, name, 0));
+        out.write_all(&self.fmt.header_row())
+            .map_err(|e| Error::io("write", &path, e))?;
+        self.current = Some((out, name, 0));
         Ok(())
     }
 
     fn roll(&mut self) -> Result<()> {
-        if let Some((w, name, rows)) = self.current.take() {
-            let file = w.into_inner().map_err(|e| {
-                let path = self.dir.join(&name);
-                Error::io("flush", path, e.into_error())
-            })?;
-            let (bytes, sha256) = file.finish()?;
+        if let Some((mut out, name, rows)) = self.current.take() {
+            out.flush()
+                .map_err(|e| Error::io("flush", self.dir.join(&name), e))?;
+            let (bytes, sha256) = out.finish()?;
             self.files.push(FileEntry {
                 path: format!("{}{name}", self.prefix),
                 rows,
@@ -167,54 +261,47 @@ impl CsvSink {
 
     /// Writes the records of one page.
     pub fn write_records(&mut self, records: &[RawRecord<'_>]) -> Result<(), WriteOrPage> {
-        for rec in records {
-            self.write_record(rec)?;
-        }
-        Ok(())
+        let mut page = std::mem::take(&mut self.page);
+        page.bytes.clear();
+        page.ends.clear();
+        let formatted = self.fmt.format(records, &mut page);
+        // The rows before a bad record are written, as they were one by one.
+        let written = self.write_page(&page).map_err(WriteOrPage::Write);
+        self.page = page;
+        written?;
+        formatted.map_err(WriteOrPage::Page)
     }
 
     /// Writes one record.
     pub fn write_record(&mut self, rec: &RawRecord<'_>) -> Result<(), WriteOrPage> {
-        {
-            for c in self.cells.iter_mut() {
-                c.clear();
-            }
-            for (pos, (k, v)) in rec.iter().enumerate() {
-                let i = match self.hints.get(pos) {
-                    Some(&h) if self.header.get(h).is_some_and(|n| n == k) => h,
-                    _ => {
-                        let Some(&i) = self.index.get(k.as_ref()) else {
-                            continue;
-                        };
-                        if pos < self.hints.len() {
-                            self.hints[pos] = i;
-                        } else {
-                            self.hints.resize(pos, usize::MAX);
-                            self.hints.push(i);
-                        }
-                        i
-                    }
-                };
-                // A key repeated in one record: the last value wins (as in serde_json).
-                self.cells[i].clear();
-                cell_text(v, &mut self.cells[i]).map_err(WriteOrPage::Page)?;
-                if let (Some(t), false) = (self.targets[i], self.cells[i].is_empty()) {
-                    self.scratch.clear();
-                    if t.canonical(&self.cells[i], &mut self.scratch).is_some() {
-                        std::mem::swap(&mut self.cells[i], &mut self.scratch);
-                    }
-                }
-            }
+        self.write_records(std::slice::from_ref(rec))
+    }
+
+    /// Writes rows formatted by [`CsvFormatter::format`], in order, rolling to a
+    /// new file every `rows_per_file` rows.
+    pub fn write_page(&mut self, page: &CsvPage) -> Result<()> {
+        let mut start = 0;
+        let mut r = 0;
+        while r < page.ends.len() {
             if self.current.is_none() {
-                self.open().map_err(WriteOrPage::Write)?;
+                self.open()?;
             }
-            let (w, _, rows) = self.current.as_mut().expect("opened above");
-            if let Err(e) = w.write_record(&self.cells) {
-                return Err(WriteOrPage::Write(self.err(e)));
+            let (out, name, rows) = self.current.as_mut().expect("opened above");
+            let fit = room(self.rows_per_file, *rows).min((page.ends.len() - r) as u64) as usize;
+            let end = page.ends[r + fit - 1];
+            if let Err(e) = out.write_all(&page.bytes[start..end]) {
+                let what = format!("CSV file `{name}`");
+                return Err(Error::Write {
+                    dataset: self.dataset.clone(),
+                    what,
+                    source: Box::new(e),
+                });
             }
-            *rows += 1;
+            *rows += fit as u64;
+            r += fit;
+            start = end;
             if room(self.rows_per_file, *rows) == 0 {
-                self.roll().map_err(WriteOrPage::Write)?;
+                self.roll()?;
             }
         }
         Ok(())

@@ -10,7 +10,7 @@ mod csv;
 pub mod hive;
 mod parquet;
 
-pub use self::csv::{cell_text, CsvSink, WriteOrPage};
+pub use self::csv::{cell_text, CsvFormatter, CsvPage, CsvSink, WriteOrPage};
 pub use self::parquet::{writer_props, ParquetOptions, ParquetSink};
 
 use std::fs::File;
