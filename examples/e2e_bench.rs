@@ -6,7 +6,8 @@
 //! `cargo build --release && target/release/examples/e2e_bench [--runs N] [RECORDS,LATENCY_MS,CONCURRENCY ...]`
 //! Default cases: 300000,30,8 1000000,30,16 200000,0,8; a fourth number is the page
 //! size (default 200: `30000,30,8,20` is the same 1,500 requests with a tenth of
-//! the data, the floor of this setup). Each case runs N times
+//! the data, the floor of this setup); `JDOP_EXPORT_ARGS="--format csv"` adds export
+//! flags. Each case runs N times
 //! (default 3) against a fresh simulator; the run with the median wall time is
 //! reported, with the simulator's CPU seconds (it shares the machine).
 
@@ -137,6 +138,11 @@ fn run_case(
             .arg(&out)
             .args(["-q", "-j", &conc.to_string()])
             .args(["--page-size", &page_size.to_string()])
+            .args(
+                std::env::var("JDOP_EXPORT_ARGS")
+                    .unwrap_or_default()
+                    .split_whitespace(),
+            )
             .env("JDOP_APPSECRET", jdop::sim::DEFAULT_SECRET)
             .spawn()
             .unwrap();
