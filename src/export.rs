@@ -1204,9 +1204,10 @@ impl WriteJob {
                             .read_page_bytes(page)
                             .map_err(|e| page_err(crate::error::PageError::Spool(e)))?;
                         let text = crate::platform::records::utf8(&bytes).map_err(|_| {
+                            let e = std::str::from_utf8(&bytes).expect_err("not UTF-8");
                             page_err(crate::error::PageError::Spool(std::io::Error::new(
                                 std::io::ErrorKind::InvalidData,
-                                "the spooled page is not UTF-8",
+                                e,
                             )))
                         })?;
                         let records = split_records(text).map_err(page_err)?;

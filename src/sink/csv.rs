@@ -115,7 +115,10 @@ impl CsvFormatter {
     }
 
     fn writer(&self, out: Vec<u8>) -> csv::Writer<Vec<u8>> {
+        // Rows are flushed one at a time into `out`: a small buffer is enough, and
+        // cheap to set up for a single record (`write_record`).
         csv::WriterBuilder::new()
+            .buffer_capacity(1024)
             .terminator(if self.crlf {
                 csv::Terminator::CRLF
             } else {
@@ -353,6 +356,28 @@ mod tests {
             cell_text(raw, &mut s).unwrap();
             assert_eq!(s, want);
         }
+    }
+
+    #[test]
+    fn gb18030_output_takes_characters_cut_across_writes() {
+        let dir = tempfile::tempdir().unwrap();
+        let path = dir.path().join("x.csv");
+        let mut out = CsvOut {
+            file: HashingFile::create(&path).unwrap(),
+            gb18030: true,
+            pending: Vec::new(),
+        };
+        let text = "杭州,🙂\n".as_bytes();
+        // Cut inside 杭 (3 bytes) and inside the emoji (4 bytes).
+        for part in [&text[..1], &text[1..5], &text[5..9], &text[9..]] {
+            out.write_all(part).unwrap();
+        }
+        out.flush().unwrap();
+        out.finish().unwrap();
+        let bytes = std::fs::read(&path).unwrap();
+        let (back, _, bad) = encoding_rs::GB18030.decode(&bytes);
+        assert!(!bad);
+        assert_eq!(back, "杭州,🙂\n");
     }
 
     #[test]
