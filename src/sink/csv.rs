@@ -114,11 +114,11 @@ impl CsvFormatter {
         }
     }
 
-    fn writer(&self, out: Vec<u8>) -> csv::Writer<Vec<u8>> {
-        // Rows are flushed one at a time into `out`: a small buffer is enough, and
-        // cheap to set up for a single record (`write_record`).
+    /// A writer into `out`; `buffer`: its buffer (rows are flushed one at a time,
+    /// so a small one is enough, and cheap to set up for a single record).
+    fn writer(&self, out: Vec<u8>, buffer: usize) -> csv::Writer<Vec<u8>> {
         csv::WriterBuilder::new()
-            .buffer_capacity(1024)
+            .buffer_capacity(buffer)
             .terminator(if self.crlf {
                 csv::Terminator::CRLF
             } else {
@@ -129,7 +129,7 @@ impl CsvFormatter {
 
     /// The header row.
     fn header_row(&self) -> Vec<u8> {
-        let mut w = self.writer(Vec::new());
+        let mut w = self.writer(Vec::new(), 1024);
         w.write_record(self.header.iter())
             .expect("writing to memory");
         w.into_inner().expect("writing to memory")
@@ -141,7 +141,8 @@ impl CsvFormatter {
         records: &[RawRecord<'_>],
         page: &mut CsvPage,
     ) -> Result<(), PageError> {
-        let mut w = self.writer(std::mem::take(&mut page.bytes));
+        let buffer = if records.len() > 1 { 8192 } else { 1024 };
+        let mut w = self.writer(std::mem::take(&mut page.bytes), buffer);
         let mut result = Ok(());
         for rec in records {
             if let Err(e) = self.row(rec) {
