@@ -1,10 +1,17 @@
 //! Records -> Arrow `RecordBatch`es with the final, whole-dataset schema.
 //!
-//! Decoding uses arrow-json's tape decoder fed with the page's record array
-//! (`with_flatten`), with `coerce_primitive` so that numbers and booleans in a `Utf8`
-//! column keep their exact text. When the schema has JSON text columns (shape
-//! conflicts), records are first rewritten so that nested values in those columns
-//! become JSON strings; other datasets skip that step entirely.
+//! Flat pages (the platform's usual data) are built in one pass: the page is read by
+//! [`crate::platform::records::scan`] and each value appended straight into its
+//! column's builder, detected types parsed from their text ([`TypedBuilder`]).
+//! Whatever that path does not take as plain (nested columns, a key twice in a
+//! record, a key outside a strict schema, surrogate escapes, a value of another
+//! shape than its column, a detected type that a value does not fit) is decoded by
+//! arrow-json's tape decoder instead, fed with the page's record array
+//! (`with_flatten`), with `coerce_primitive` so that numbers and booleans in a
+//! `Utf8` column keep their exact text; arrow-json also names the error, if there is
+//! one. Both paths give the same batches (the `one_pass` proptest). When the schema
+//! has JSON text columns (shape conflicts), records are rewritten for arrow-json so
+//! that nested values in those columns become JSON strings.
 
 use std::sync::Arc;
 
