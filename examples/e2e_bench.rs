@@ -23,11 +23,7 @@ fn jdop() -> PathBuf {
 /// The binary that exports: `JDOP_BIN` (to compare two builds in one run against
 /// the same simulator), else this build's.
 fn exporter() -> PathBuf {
-    if let Some(bin) = std::env::var_os("JDOP_BIN") {
-        return PathBuf::from(bin);
-    }
-    let exe = std::env::current_exe().unwrap();
-    exe.parent().unwrap().parent().unwrap().join("jdop")
+    std::env::var_os("JDOP_BIN").map_or_else(jdop, PathBuf::from)
 }
 
 /// Waits for a child and returns (exit status, user+system CPU seconds, peak RSS KiB).

@@ -125,8 +125,7 @@ impl Converter {
             .collect();
         let mut ends = Vec::with_capacity(pages.len());
         let mut entries = Vec::new();
-        // Per key position, the column it was last time (records share key order).
-        let mut hints: Vec<usize> = Vec::new();
+        let mut hints = crate::platform::records::KeyHints::default();
         let mut rows = 0usize;
         for page in pages {
             let text = crate::platform::records::utf8(page.as_ref()).ok()?;
@@ -134,14 +133,10 @@ impl Converter {
             crate::platform::records::scan(text, &mut entries, |rec| {
                 for (pos, (key, raw)) in rec.iter().enumerate() {
                     let i = match hints.get(pos) {
-                        Some(&h) if plan.names[h] == *key => h,
+                        Some(h) if plan.names[h] == *key => h,
                         _ => match plan.index.get(key.as_ref()) {
                             Some(&i) => {
-                                if pos < hints.len() {
-                                    hints[pos] = i;
-                                } else {
-                                    hints.push(i);
-                                }
+                                hints.set(pos, i);
                                 i
                             }
                             None if self.strict => {
@@ -434,15 +429,9 @@ impl FastBuilder {
             return true;
         }
         match self {
-            FastBuilder::Text(b, nested) => match first {
-                b'"' => match string_content(raw) {
-                    // arrow-json has its own rules for surrogate escapes: it decides.
-                    Some(Cow::Owned(_)) if has_surrogate_escape(raw) => return false,
-                    Some(s) => b.append_value(s),
-                    None => return false,
-                },
-                b'{' | b'[' if !*nested || has_surrogate_escape(raw) => return false,
-                _ => b.append_value(raw),
+            FastBuilder::Text(b, nested) => match utf8_text(raw, *nested) {
+                Some(s) => b.append_value(s),
+                None => return false,
             },
             FastBuilder::Int(b) => {
                 if !is_number(first) || raw.bytes().any(|c| matches!(c, b'.' | b'e' | b'E')) {
@@ -469,15 +458,7 @@ impl FastBuilder {
             },
             // The text arrow-json would give a Utf8 column, then the type's parse.
             FastBuilder::Typed(b) => {
-                return match first {
-                    b'"' => match string_content(raw) {
-                        Some(Cow::Owned(_)) if has_surrogate_escape(raw) => false,
-                        Some(s) => b.push(Some(&s)),
-                        None => false,
-                    },
-                    b'{' | b'[' => false,
-                    _ => b.push(Some(raw)),
-                }
+                return utf8_text(raw, false).is_some_and(|s| b.push(Some(&s)))
             }
         }
         true
@@ -492,6 +473,22 @@ impl FastBuilder {
             FastBuilder::Bool(mut b) => Arc::new(b.finish()),
             FastBuilder::Typed(b) => b.finish(),
         }
+    }
+}
+
+/// The text arrow-json gives a non-null raw value in a `Utf8` column (with
+/// `coerce_primitive`): a string's content, a number's or boolean's own text, and
+/// with `nested` an object's or array's JSON text. `None` when the value is not
+/// plain: arrow-json then decides (surrogate escapes have its own rules).
+#[inline]
+fn utf8_text(raw: &str, nested: bool) -> Option<Cow<'_, str>> {
+    match raw.as_bytes().first() {
+        Some(b'"') => match string_content(raw)? {
+            Cow::Owned(_) if has_surrogate_escape(raw) => None,
+            s => Some(s),
+        },
+        Some(b'{' | b'[') if !nested || has_surrogate_escape(raw) => None,
+        _ => Some(Cow::Borrowed(raw)),
     }
 }
 

@@ -392,20 +392,11 @@ impl Detector {
         match raw.as_bytes().first() {
             Some(b'n') => {}
             Some(b'{') | Some(b'[') => self.mask = 0,
-            Some(b'"') => {
-                if raw.len() == 2 {
-                    return;
-                }
-                if !raw.contains('\\') {
-                    self.observe(&raw[1..raw.len() - 1]);
-                } else if let Ok(s) = serde_json::from_str::<String>(raw) {
-                    if !s.is_empty() {
-                        self.observe(&s);
-                    }
-                } else {
-                    self.mask = 0;
-                }
-            }
+            Some(b'"') => match crate::platform::records::string_content(raw) {
+                Some(s) if s.is_empty() => {}
+                Some(s) => self.observe(&s),
+                None => self.mask = 0,
+            },
             Some(_) => self.observe(raw),
             None => {}
         }

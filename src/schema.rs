@@ -308,7 +308,7 @@ pub struct Inferrer {
     counted_in: Vec<u64>,
     /// Per key position in a record, the column it was last time: records of a
     /// page share their key order, so this usually saves the hash lookup.
-    hints: Vec<usize>,
+    hints: crate::platform::records::KeyHints,
 }
 
 impl Inferrer {
@@ -316,7 +316,7 @@ impl Inferrer {
         self.rows += 1;
         for (pos, (key, raw)) in record.iter().enumerate() {
             let i = match self.hints.get(pos) {
-                Some(&h)
+                Some(h)
                     if self
                         .columns
                         .fields
@@ -327,11 +327,7 @@ impl Inferrer {
                 }
                 _ => {
                     let i = self.columns.slot(key);
-                    if pos < self.hints.len() {
-                        self.hints[pos] = i;
-                    } else {
-                        self.hints.push(i);
-                    }
+                    self.hints.set(pos, i);
                     i
                 }
             };

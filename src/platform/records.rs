@@ -15,6 +15,29 @@ use memchr::memchr2;
 /// One entry of a record: the key (unescaped) and the value's raw JSON text.
 pub type Entry<'a> = (Cow<'a, str>, &'a str);
 
+/// Per key position in a record, the column the key there was last time. Records
+/// of a page share their key order, so checking this hint by name usually saves a
+/// lookup of the name.
+#[derive(Debug, Clone, Default)]
+pub struct KeyHints(Vec<usize>);
+
+impl KeyHints {
+    /// The column last seen at `pos` (check that the name matches).
+    #[inline]
+    pub fn get(&self, pos: usize) -> Option<usize> {
+        self.0.get(pos).copied().filter(|&h| h != usize::MAX)
+    }
+
+    /// Remembers that the key at `pos` was column `column`.
+    #[inline]
+    pub fn set(&mut self, pos: usize, column: usize) {
+        if pos >= self.0.len() {
+            self.0.resize(pos + 1, usize::MAX);
+        }
+        self.0[pos] = column;
+    }
+}
+
 /// A page that the fast reader does not accept (serde_json says why).
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
 pub struct Unreadable;

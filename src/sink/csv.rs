@@ -89,8 +89,7 @@ pub struct CsvFormatter {
     crlf: bool,
     cells: Vec<String>,
     scratch: String,
-    /// Per key position in a record, the column it was last time.
-    hints: Vec<usize>,
+    hints: crate::platform::records::KeyHints,
 }
 
 impl CsvFormatter {
@@ -110,7 +109,7 @@ impl CsvFormatter {
             crlf,
             cells: vec![String::new(); n],
             scratch: String::new(),
-            hints: Vec::new(),
+            hints: Default::default(),
         }
     }
 
@@ -164,17 +163,12 @@ impl CsvFormatter {
         }
         for (pos, (k, v)) in rec.iter().enumerate() {
             let i = match self.hints.get(pos) {
-                Some(&h) if self.header.get(h).is_some_and(|n| n == k) => h,
+                Some(h) if self.header[h] == *k => h,
                 _ => {
                     let Some(&i) = self.index.get(k.as_ref()) else {
                         continue;
                     };
-                    if pos < self.hints.len() {
-                        self.hints[pos] = i;
-                    } else {
-                        self.hints.resize(pos, usize::MAX);
-                        self.hints.push(i);
-                    }
+                    self.hints.set(pos, i);
                     i
                 }
             };
