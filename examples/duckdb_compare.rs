@@ -25,7 +25,8 @@
 //! `JDOP_ONLY=1 perf record --call-graph dwarf target/release/examples/duckdb_compare 200000`);
 //! with `ENCODE_VARIANTS=1` jdop's decoded batches are only encoded, with writer
 //! variants jdop does not use (dictionary off for high-cardinality columns, columns
-//! encoded in parallel), to size the profile's suggestions.
+//! encoded in parallel), to size the profile's suggestions; `ENCODE_LEVELS=1,-1,3`
+//! picks the zstd levels of that table (negative levels are zstd's fast modes).
 
 use std::collections::HashSet;
 use std::fs::File;
@@ -543,7 +544,18 @@ fn encode_variants(ndjson: &Path, dir: &Path, runs: usize) -> Result<()> {
     println!("| variant | zstd | seconds | output bytes |");
     println!("|---|---|---|---|");
     let path = dir.join("variant.parquet");
-    for level in [1, 3] {
+    let levels: Vec<i32> = match std::env::var("ENCODE_LEVELS") {
+        Ok(v) => v
+            .split(',')
+            .map(|l| {
+                l.trim()
+                    .parse()
+                    .context("ENCODE_LEVELS: zstd levels, e.g. 1,-1,3")
+            })
+            .collect::<Result<_>>()?,
+        Err(_) => vec![1, 3],
+    };
+    for level in levels {
         type Encode = fn(&Path, &[RecordBatch], WriterProperties) -> Result<u64>;
         let variants: [(&str, bool, Encode); 4] = [
             ("serial ArrowWriter (as ParquetSink)", false, encode_serial),

@@ -72,6 +72,49 @@ impl Converter {
         }
     }
 
+    /// Whether `other` converts every page to the same batch as this one (same
+    /// columns, kinds and detected types).
+    pub fn converts_like(&self, other: &Converter) -> bool {
+        self.strict == other.strict
+            && self.rewrite == other.rewrite
+            && self.typed == other.typed
+            && self.top == other.top
+            && self.schema == other.schema
+            && self.decode_schema == other.decode_schema
+    }
+
+    /// The batch `earlier` built from some pages, as this converter builds it from
+    /// them: as it is when both convert alike; widened with null columns when this
+    /// one only has more columns after those of `earlier`, converted alike (keys
+    /// first seen in later pages, which those pages lack). `None` otherwise, and
+    /// for nested schemas.
+    pub fn widen(&self, earlier: &Converter, batch: RecordBatch) -> Option<RecordBatch> {
+        if self.converts_like(earlier) {
+            return Some(batch);
+        }
+        let (mine, theirs) = (self.fast.as_deref()?, earlier.fast.as_deref()?);
+        let k = theirs.columns.len();
+        let fields = self.schema.fields();
+        if self.strict != earlier.strict
+            || mine.columns.len() < k
+            || mine.columns[..k] != theirs.columns[..]
+            || mine.names[..k] != theirs.names[..]
+            || fields[..k] != earlier.schema.fields()[..]
+            || batch.num_columns() != k
+        {
+            return None;
+        }
+        let rows = batch.num_rows();
+        let mut arrays = batch.columns().to_vec();
+        arrays.extend(
+            fields[k..]
+                .iter()
+                .map(|f| arrow_array::new_null_array(f.data_type(), rows)),
+        );
+        let options = arrow_array::RecordBatchOptions::new().with_row_count(Some(rows));
+        RecordBatch::try_new_with_options(self.schema.clone(), arrays, &options).ok()
+    }
+
     /// A converter for some columns of `schema` only (other keys are skipped).
     pub fn columns(schema: &InferredSchema, names: &[&str]) -> Converter {
         let sub = InferredSchema {
@@ -570,6 +613,52 @@ mod tests {
         }
         let conv = Converter::new(&inf.finish());
         conv.decode(pages).unwrap()
+    }
+
+    fn converter(pages: &[&str]) -> Converter {
+        let mut inf = Inferrer::default();
+        for p in pages {
+            inf.merge(Inferrer::observe_page(&split_records(p).unwrap()));
+        }
+        Converter::new(&inf.finish())
+    }
+
+    /// A batch decoded before a key was first seen is widened with nulls to the
+    /// later schema's batch; any other difference refuses it.
+    #[test]
+    fn widen_adds_late_keys_as_nulls_and_refuses_other_changes() {
+        let early = r#"[{"a":1,"d":"2024-01-02","s":"x"},{"a":2,"d":"2024-01-03","s":"y"}]"#;
+        let batch = converter(&[early]).decode(&[early]).unwrap();
+        let late = r#"[{"a":3,"d":"2024-01-04","s":"z","new":"n","n2":1.5}]"#;
+        let later = converter(&[early, late]);
+        let widened = later.widen(&converter(&[early]), batch.clone()).unwrap();
+        assert_eq!(widened, later.decode(&[early]).unwrap());
+        assert_eq!(widened.num_columns(), 5);
+        assert_eq!(widened.column(3).null_count(), 2);
+        // Alike: as it is.
+        let same = converter(&[early, early]);
+        assert_eq!(
+            same.widen(&converter(&[early]), batch.clone()).unwrap(),
+            batch
+        );
+        // A type that changed, a detected type lost, a column that moved: refused.
+        for other in [
+            r#"[{"a":2.5,"d":"2024-01-04","s":"z"}]"#,
+            r#"[{"a":3,"d":"soon","s":"z"}]"#,
+        ] {
+            let conv = converter(&[early, other]);
+            assert!(
+                conv.widen(&converter(&[early]), batch.clone()).is_none(),
+                "{other}"
+            );
+        }
+        let moved = converter(&[r#"[{"new":"n","a":1,"d":"2024-01-02","s":"x"}]"#, early]);
+        assert!(moved.widen(&converter(&[early]), batch.clone()).is_none());
+        // Nested schemas are not widened.
+        let nested = r#"[{"a":1,"o":{"k":1}}]"#;
+        let nb = converter(&[nested]).decode(&[nested]).unwrap();
+        let wider = converter(&[nested, r#"[{"a":1,"o":{"k":1},"new":1}]"#]);
+        assert!(wider.widen(&converter(&[nested]), nb).is_none());
     }
 
     #[test]

@@ -877,6 +877,85 @@ struct EarlyGroups {
     detect: DetectOptions,
     /// Set when the export gives up (dropped without `finish`): the worker stops.
     cancel: Arc<std::sync::atomic::AtomicBool>,
+    /// Batches of the row group being filled, decoded as their pages come in.
+    pre: Arc<Predecoded>,
+    spool: Spool,
+    /// The first page of the next batch to decode ahead.
+    next_batch: u64,
+    /// The converter of the last batch decoded ahead (kept while the schema of the
+    /// pages in converts alike, so its text reservations carry over).
+    conv: Option<Arc<Converter>>,
+}
+
+/// A batch decoded ahead, by its first page.
+enum Slot {
+    Queued,
+    Running,
+    Done(Arc<Converter>, RecordBatch),
+    /// Failed: the row group decodes it again, for the error.
+    Failed,
+}
+
+/// The batches (of [`PAGES_PER_BATCH`] pages) of the row group being filled,
+/// decoded on rayon as soon as their pages are in, under the schema of the pages
+/// in by then, so little is left to decode when the group's last page comes in
+/// (above all the last group's, which used to be decoded after the last page).
+/// The row group takes a batch as it is if it was decoded as the group's schema
+/// converts, widened with null columns if the group only has keys first seen
+/// later ([`Converter::widen`]); otherwise (a type changed) it decodes it again.
+/// So the bytes written do not depend on timing.
+#[derive(Default)]
+struct Predecoded {
+    slots: std::sync::Mutex<std::collections::HashMap<u64, Slot>>,
+    changed: std::sync::Condvar,
+}
+
+impl Predecoded {
+    fn lock(&self) -> std::sync::MutexGuard<'_, std::collections::HashMap<u64, Slot>> {
+        self.slots.lock().unwrap_or_else(|e| e.into_inner())
+    }
+
+    /// On rayon: decodes pages `first..=last`, unless the row group took them first.
+    /// The decoding must not use rayon itself: a rayon thread waiting in
+    /// [`Predecoded::take`] relies on a running decode never stealing its work.
+    fn run(&self, spool: &Spool, conv: Arc<Converter>, first: u64, last: u64) {
+        match self.lock().get_mut(&first) {
+            Some(slot @ Slot::Queued) => *slot = Slot::Running,
+            _ => return,
+        }
+        let nums: Vec<u64> = (first..=last).collect();
+        // A panic here would abort the process (rayon::spawn) and leave the slot
+        // running: the row group decodes the batch again and meets it itself.
+        let decoded = std::panic::catch_unwind(std::panic::AssertUnwindSafe(|| {
+            decode_batch(&conv, spool, "", &nums)
+        }));
+        let slot = match decoded {
+            Ok(Ok(b)) => Slot::Done(conv, b),
+            _ => Slot::Failed,
+        };
+        self.lock().insert(first, slot);
+        self.changed.notify_all();
+    }
+
+    /// The batch from page `first` if it was decoded as `conv` decodes, or can be
+    /// widened to it ([`Converter::widen`]), waiting for one being decoded; `None`
+    /// if the caller must decode it. Either way the slot
+    /// is gone: a queued decode of it does nothing.
+    fn take(&self, first: u64, conv: &Converter) -> Option<RecordBatch> {
+        let mut slots = self.lock();
+        while let Some(Slot::Running) = slots.get(&first) {
+            slots = self.changed.wait(slots).unwrap_or_else(|e| e.into_inner());
+        }
+        match slots.remove(&first) {
+            Some(Slot::Done(c, b)) => conv.widen(&c, b),
+            _ => None,
+        }
+    }
+
+    /// Forgets the batches of pages `first..=last` (a row group not encoded early).
+    fn drop_range(&self, first: u64, last: u64) {
+        self.lock().retain(|&p, _| p < first || p > last);
+    }
 }
 
 impl Drop for EarlyGroups {
@@ -904,6 +983,8 @@ impl EarlyGroups {
         let (tx, rx) = std::sync::mpsc::channel::<GroupJob>();
         let cancel = Arc::new(std::sync::atomic::AtomicBool::new(false));
         let stop = cancel.clone();
+        let pre = Arc::new(Predecoded::default());
+        let (worker_pre, worker_spool) = (pre.clone(), spool.clone());
         let worker = std::thread::Builder::new()
             .name("jdop-row-groups".into())
             .spawn(move || {
@@ -913,7 +994,7 @@ impl EarlyGroups {
                         break;
                     }
                     let index = job.index;
-                    let group = encode_group(&encoder, &spool, &job)
+                    let group = encode_group(&encoder, &worker_spool, &worker_pre, &job)
                         .map_err(|e| tracing::debug!("row group {index} left for the end: {e}"))
                         .ok();
                     if out.len() <= index {
@@ -932,11 +1013,54 @@ impl EarlyGroups {
             sent: 0,
             detect,
             cancel,
+            pre,
+            spool,
+            next_batch: 1,
+            conv: None,
+        }
+    }
+
+    /// Pages `1..=n` are in: decodes ahead (on rayon) every batch of the row group
+    /// being filled that they complete.
+    fn decode_ahead(&mut self, n: u64, inf: &crate::schema::Inferrer) {
+        if self.tx.is_none() {
+            return;
+        }
+        let mut conv: Option<Arc<Converter>> = None;
+        loop {
+            let first = self.next_batch;
+            let group_last = ((first - 1) / self.group_pages + 1) * self.group_pages;
+            let group_last = group_last.min(self.pages);
+            let last = (first + PAGES_PER_BATCH as u64 - 1).min(group_last);
+            if first > self.pages || last > n {
+                return;
+            }
+            self.next_batch = last + 1;
+            if conv.is_none() {
+                let Ok(schema) = inf.clone().finish_with(&self.detect) else {
+                    continue;
+                };
+                let fresh = Converter::new(&schema);
+                conv = Some(match self.conv.take() {
+                    Some(c) if c.converts_like(&fresh) => c,
+                    _ => Arc::new(fresh),
+                });
+                self.conv = conv.clone();
+            }
+            let Some(c) = conv.clone() else { continue };
+            self.pre.lock().insert(first, Slot::Queued);
+            let (pre, spool, cancel) = (self.pre.clone(), self.spool.clone(), self.cancel.clone());
+            rayon::spawn(move || {
+                if !cancel.load(Ordering::Relaxed) {
+                    pre.run(&spool, c, first, last);
+                }
+            });
         }
     }
 
     /// Pages `1..=n` are in: hands over every row group they complete.
     fn on_prefix(&mut self, n: u64, inf: &crate::schema::Inferrer, rows: &[u32]) {
+        self.decode_ahead(n, inf);
         let Some(tx) = &self.tx else { return };
         loop {
             let first = self.sent * self.group_pages + 1;
@@ -957,6 +1081,8 @@ impl EarlyGroups {
                     rows,
                     schema,
                 });
+            } else {
+                self.pre.drop_range(first, last);
             }
             self.sent += 1;
         }
@@ -979,39 +1105,57 @@ impl EarlyGroups {
     }
 }
 
-/// Decodes pages `first..=last` with `conv`, 8 pages per batch, in parallel.
+/// Decodes pages `first..=last` with `conv`, 8 pages per batch, in parallel;
+/// batches `pre` decoded ahead as `conv` decodes are taken as they are.
 fn decode_pages(
     conv: &Converter,
     spool: &Spool,
     dataset: &str,
     first: u64,
     last: u64,
+    pre: Option<&Predecoded>,
 ) -> Result<Vec<RecordBatch>> {
     let nums: Vec<u64> = (first..=last).collect();
     nums.par_chunks(PAGES_PER_BATCH)
-        .map(|group| {
-            let texts = group
-                .iter()
-                .map(|&p| {
-                    spool.read_page_bytes(p).map_err(|e| Error::Page {
-                        dataset: dataset.to_string(),
-                        page: p,
-                        source: Box::new(crate::error::PageError::Spool(e)),
-                    })
-                })
-                .collect::<Result<Vec<_>>>()?;
-            conv.decode(&texts).map_err(|(i, source)| Error::Page {
-                dataset: dataset.to_string(),
-                page: group[i],
-                source: Box::new(source),
-            })
+        .map(|group| match pre.and_then(|p| p.take(group[0], conv)) {
+            Some(batch) => Ok(batch),
+            None => decode_batch(conv, spool, dataset, group),
         })
         .collect()
 }
 
-fn encode_group(encoder: &GroupEncoder, spool: &Spool, job: &GroupJob) -> Result<EncodedGroup> {
+/// Decodes the pages `nums` (in this order) into one batch.
+fn decode_batch(
+    conv: &Converter,
+    spool: &Spool,
+    dataset: &str,
+    nums: &[u64],
+) -> Result<RecordBatch> {
+    let texts = nums
+        .iter()
+        .map(|&p| {
+            spool.read_page_bytes(p).map_err(|e| Error::Page {
+                dataset: dataset.to_string(),
+                page: p,
+                source: Box::new(crate::error::PageError::Spool(e)),
+            })
+        })
+        .collect::<Result<Vec<_>>>()?;
+    conv.decode(&texts).map_err(|(i, source)| Error::Page {
+        dataset: dataset.to_string(),
+        page: nums[i],
+        source: Box::new(source),
+    })
+}
+
+fn encode_group(
+    encoder: &GroupEncoder,
+    spool: &Spool,
+    pre: &Predecoded,
+    job: &GroupJob,
+) -> Result<EncodedGroup> {
     let conv = Converter::new(&job.schema);
-    let batches = match decode_pages(&conv, spool, "", job.first, job.last) {
+    let batches = match decode_pages(&conv, spool, "", job.first, job.last, Some(pre)) {
         Ok(b) => b,
         Err(e) => {
             encoder.decide(None);
@@ -1095,7 +1239,7 @@ impl WriteJob {
                     .map(|&i| schema.field(i).name().as_str())
                     .collect();
                 let sub = Converter::columns(&self.schema, &names);
-                let batches = decode_pages(&sub, &self.spool, &self.dataset, first, last)?;
+                let batches = decode_pages(&sub, &self.spool, &self.dataset, first, last, None)?;
                 Ok(names
                     .iter()
                     .map(|n| {

@@ -480,3 +480,100 @@ fn early_row_groups_do_not_depend_on_the_arrival_order() {
         );
     }
 }
+
+/// Batches are decoded ahead as their pages come in, under the schema of the pages
+/// in by then. Inside one row group a key first seen late, an integer column that
+/// turns to floats, a date column that turns to text and a column of nulls that
+/// turns to numbers must each give the values of the whole group's schema, not
+/// the stale ones decoded ahead.
+#[test]
+fn batches_decoded_ahead_follow_schema_changes_inside_a_row_group() {
+    use arrow_array::cast::AsArray;
+    use arrow_array::Array;
+    let record = |i: u64| {
+        let page = i / 100;
+        let n = if page >= 45 {
+            format!("{i}.5")
+        } else {
+            i.to_string()
+        };
+        let d = if page >= 50 && i.is_multiple_of(7) {
+            "soon".to_string()
+        } else {
+            format!("2024-01-{:02}", 1 + i % 28)
+        };
+        let z = if page >= 20 {
+            i.to_string()
+        } else {
+            "null".to_string()
+        };
+        let late = if page >= 30 {
+            format!(r#","late":"L{i}""#)
+        } else {
+            String::new()
+        };
+        format!(r#"{{"id":{i},"n":{n},"d":"{d}","z":{z}{late}}}"#)
+    };
+    let pages: Vec<String> = (0..60u64)
+        .map(|p| {
+            let recs: Vec<String> = (p * 100..(p + 1) * 100).map(record).collect();
+            format!("[{}]", recs.join(","))
+        })
+        .collect();
+    for group_rows in [6_000, 2_400] {
+        let dir = tempfile::tempdir().unwrap();
+        let opts = jdop::sink::ParquetOptions {
+            row_group_rows: group_rows,
+            ..Default::default()
+        };
+        let (schema, files) =
+            jdop::export::pages_to_parquet(&pages, dir.path(), &opts, &Default::default(), 100)
+                .unwrap();
+        let types: Vec<String> = schema
+            .columns
+            .iter()
+            .map(|c| format!("{}:{}", c.name, c.data_type()))
+            .collect();
+        assert_eq!(
+            types,
+            ["id:Int64", "n:Float64", "d:Utf8", "z:Int64", "late:Utf8"]
+        );
+        let file = std::fs::File::open(dir.path().join(&files[0].path)).unwrap();
+        let reader = parquet::arrow::arrow_reader::ParquetRecordBatchReaderBuilder::try_new(file)
+            .unwrap()
+            .build()
+            .unwrap();
+        let mut i = 0u64;
+        for b in reader {
+            let b = b.unwrap();
+            let col = |name: &str| b.column(b.schema().index_of(name).unwrap()).clone();
+            let (id, n, d, z, late) = (col("id"), col("n"), col("d"), col("z"), col("late"));
+            let id = id.as_primitive::<arrow_array::types::Int64Type>();
+            let n = n.as_primitive::<arrow_array::types::Float64Type>();
+            let z = z.as_primitive::<arrow_array::types::Int64Type>();
+            let (d, late) = (d.as_string::<i32>(), late.as_string::<i32>());
+            for r in 0..b.num_rows() {
+                let page = i / 100;
+                assert_eq!(id.value(r), i as i64);
+                let want = if page >= 45 { i as f64 + 0.5 } else { i as f64 };
+                assert_eq!(n.value(r), want, "n of record {i}");
+                let want_d = if page >= 50 && i.is_multiple_of(7) {
+                    "soon".to_string()
+                } else {
+                    format!("2024-01-{:02}", 1 + i % 28)
+                };
+                assert_eq!(d.value(r), want_d, "d of record {i}");
+                assert_eq!(z.is_null(r), page < 20, "z of record {i}");
+                if page >= 20 {
+                    assert_eq!(z.value(r), i as i64);
+                }
+                assert_eq!(late.is_null(r), page < 30, "late of record {i}");
+                if page >= 30 {
+                    assert_eq!(late.value(r), format!("L{i}"));
+                }
+                i += 1;
+            }
+        }
+        assert_eq!(i, 6000, "groups of {group_rows} rows");
+    }
+}
