@@ -1220,7 +1220,7 @@ impl WriteJob {
             what: format!("Parquet file `{name}`"),
             source: Box::new(e),
         };
-        let file = crate::sink::HashingFile::create(&path)?;
+        let file = crate::sink::HashingFile::create_hashed_aside(&path)?;
         // File-level properties (key-value metadata); the chunks bring their own.
         let props = crate::sink::writer_props(&self.parquet)?;
         let mut asm = Assembler::new(file, &schema, &props).map_err(werr)?;

@@ -85,11 +85,53 @@ pub fn part_name(index: usize, format: Format) -> String {
 
 /// A file writer that hashes and counts what passes through it.
 pub struct HashingFile {
-    inner: BufWriter<File>,
-    hasher: Sha256,
+    hashing: Hashing,
     bytes: u64,
     path: PathBuf,
 }
+
+enum Hashing {
+    /// Hashed as written, through a buffer.
+    Inline {
+        inner: BufWriter<File>,
+        hasher: Sha256,
+    },
+    Aside(Aside),
+}
+
+/// Written in chunks of `cap` bytes, each one's writeback to disk started at once
+/// and its hash computed on a thread of its own while the next one fills.
+struct Aside {
+    file: File,
+    buf: Vec<u8>,
+    cap: usize,
+    /// Bytes written to `file` so far.
+    at: u64,
+    tx: Option<std::sync::mpsc::SyncSender<Vec<u8>>>,
+    worker: Option<std::thread::JoinHandle<Sha256>>,
+}
+
+impl Aside {
+    /// Writes the chunk, starts its writeback, hands it to the hasher.
+    fn flush_chunk(&mut self) -> std::io::Result<()> {
+        if self.buf.is_empty() {
+            return Ok(());
+        }
+        self.file.write_all(&self.buf)?;
+        start_writeback(&self.file, self.at, self.buf.len() as u64);
+        self.at += self.buf.len() as u64;
+        let chunk = std::mem::replace(&mut self.buf, Vec::with_capacity(self.cap));
+        match &self.tx {
+            Some(tx) => tx
+                .send(chunk)
+                .map_err(|_| std::io::Error::other("the hashing thread stopped")),
+            None => Ok(()),
+        }
+    }
+}
+
+/// Chunk size of [`HashingFile::create_hashed_aside`].
+const ASIDE_CHUNK: usize = 4 << 20;
 
 impl HashingFile {
     pub fn create(path: &Path) -> Result<HashingFile> {
@@ -99,8 +141,40 @@ impl HashingFile {
     pub fn create_with_buffer(path: &Path, buffer: usize) -> Result<HashingFile> {
         let f = File::create(path).map_err(|e| Error::io("create", path, e))?;
         Ok(HashingFile {
-            inner: BufWriter::with_capacity(buffer, f),
-            hasher: Sha256::new(),
+            hashing: Hashing::Inline {
+                inner: BufWriter::with_capacity(buffer, f),
+                hasher: Sha256::new(),
+            },
+            bytes: 0,
+            path: path.to_path_buf(),
+        })
+    }
+
+    /// For one large file written at the end of an export: hashing on a thread of
+    /// its own and writeback started as each chunk is written take the sha256 and
+    /// most of the final sync off the export's last moments.
+    pub fn create_hashed_aside(path: &Path) -> Result<HashingFile> {
+        let file = File::create(path).map_err(|e| Error::io("create", path, e))?;
+        let (tx, rx) = std::sync::mpsc::sync_channel::<Vec<u8>>(2);
+        let worker = std::thread::Builder::new()
+            .name("jdop-sha256".into())
+            .spawn(move || {
+                let mut hasher = Sha256::new();
+                for chunk in rx {
+                    hasher.update(&chunk);
+                }
+                hasher
+            })
+            .map_err(|e| Error::io("start a thread for", path, e))?;
+        Ok(HashingFile {
+            hashing: Hashing::Aside(Aside {
+                file,
+                buf: Vec::with_capacity(ASIDE_CHUNK),
+                cap: ASIDE_CHUNK,
+                at: 0,
+                tx: Some(tx),
+                worker: Some(worker),
+            }),
             bytes: 0,
             path: path.to_path_buf(),
         })
@@ -108,26 +182,76 @@ impl HashingFile {
 
     /// Flushes, syncs to disk and returns `(bytes, sha256 hex)`.
     pub fn finish(self) -> Result<(u64, String)> {
-        let path = self.path;
-        let f = self
-            .inner
-            .into_inner()
-            .map_err(|e| Error::io("flush", &path, e.into_error()))?;
+        let HashingFile {
+            hashing,
+            bytes,
+            path,
+        } = self;
+        let (f, hasher) = match hashing {
+            Hashing::Inline { inner, hasher } => {
+                let f = inner
+                    .into_inner()
+                    .map_err(|e| Error::io("flush", &path, e.into_error()))?;
+                (f, hasher)
+            }
+            Hashing::Aside(mut a) => {
+                a.flush_chunk().map_err(|e| Error::io("write", &path, e))?;
+                drop(a.tx.take());
+                let hasher =
+                    a.worker.take().and_then(|w| w.join().ok()).ok_or_else(|| {
+                        Error::Internal(format!("hashing {} failed", path.display()))
+                    })?;
+                (a.file, hasher)
+            }
+        };
         f.sync_all().map_err(|e| Error::io("sync", &path, e))?;
-        Ok((self.bytes, hex::encode(self.hasher.finalize())))
+        Ok((bytes, hex::encode(hasher.finalize())))
+    }
+}
+
+/// Asks the kernel to start writing a range of `file` to disk (not waiting), so the
+/// final sync has less left to wait for.
+fn start_writeback(file: &File, at: u64, len: u64) {
+    use std::os::fd::AsRawFd;
+    // SAFETY: a valid open descriptor and a plain range; the call only schedules
+    // writeback and its failure (e.g. unsupported) changes nothing but timing.
+    unsafe {
+        libc::sync_file_range(
+            file.as_raw_fd(),
+            at as libc::off64_t,
+            len as libc::off64_t,
+            libc::SYNC_FILE_RANGE_WRITE,
+        );
     }
 }
 
 impl Write for HashingFile {
-    fn write(&mut self, buf: &[u8]) -> std::io::Result<usize> {
-        let n = self.inner.write(buf)?;
-        self.hasher.update(&buf[..n]);
+    fn write(&mut self, data: &[u8]) -> std::io::Result<usize> {
+        let n = match &mut self.hashing {
+            Hashing::Inline { inner, hasher } => {
+                let n = inner.write(data)?;
+                hasher.update(&data[..n]);
+                n
+            }
+            Hashing::Aside(a) => {
+                let n = data.len().min(a.cap - a.buf.len());
+                a.buf.extend_from_slice(&data[..n]);
+                if a.buf.len() == a.cap {
+                    a.flush_chunk()?;
+                }
+                n
+            }
+        };
         self.bytes += n as u64;
         Ok(n)
     }
 
     fn flush(&mut self) -> std::io::Result<()> {
-        self.inner.flush()
+        match &mut self.hashing {
+            Hashing::Inline { inner, .. } => inner.flush(),
+            // Chunks go out whole; the last one at `finish`.
+            Hashing::Aside(_) => Ok(()),
+        }
     }
 }
 
@@ -168,6 +292,37 @@ mod tests {
         assert_eq!(part_name(0, Format::Parquet), "part-00000.parquet");
         assert_eq!(part_name(12, Format::Csv), "part-00012.csv");
         assert!(part_name(9, Format::Csv) < part_name(10, Format::Csv));
+    }
+
+    /// Hashed aside, in chunks: the same bytes and hash as written inline, for
+    /// sizes around the chunk size and writes of every size.
+    #[test]
+    fn hashing_aside_matches_a_fresh_hash() {
+        let dir = tempfile::tempdir().unwrap();
+        for len in [
+            0,
+            1,
+            ASIDE_CHUNK - 1,
+            ASIDE_CHUNK,
+            ASIDE_CHUNK + 1,
+            3 * ASIDE_CHUNK + 77,
+        ] {
+            let data: Vec<u8> = (0..len).map(|i| (i * 7 % 251) as u8).collect();
+            let p = dir.path().join(format!("x{len}"));
+            let mut w = HashingFile::create_hashed_aside(&p).unwrap();
+            let mut rest = &data[..];
+            let mut step = 1;
+            while !rest.is_empty() {
+                let n = step.min(rest.len());
+                w.write_all(&rest[..n]).unwrap();
+                rest = &rest[n..];
+                step = step * 3 + 1;
+            }
+            let (bytes, sha) = w.finish().unwrap();
+            assert_eq!(bytes, len as u64);
+            assert_eq!(std::fs::read(&p).unwrap(), data);
+            assert_eq!(sha, sha256_file(&p).unwrap(), "{len} bytes");
+        }
     }
 
     #[test]
