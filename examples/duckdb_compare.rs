@@ -161,17 +161,16 @@ fn stream_pages(ndjson: &Path) -> Result<(std::sync::mpsc::Receiver<String>, Rea
     let (tx, rx) = std::sync::mpsc::sync_channel::<String>(128);
     let handle = std::thread::spawn(move || -> Result<(Duration, Duration)> {
         let (mut read, mut build) = (Duration::ZERO, Duration::ZERO);
-        let mut block = vec![0u8; 8 << 20];
-        let mut carry: Vec<u8> = Vec::new();
+        // Read straight after the partial line left by the previous block.
+        let mut carry: Vec<u8> = Vec::with_capacity(9 << 20);
         let mut page = String::new();
         let mut in_page = 0usize;
         let mut last_len = 0usize;
         loop {
             let t = Instant::now();
-            let n = file.read(&mut block)?;
+            let n = (&mut file).take(8 << 20).read_to_end(&mut carry)?;
             read += t.elapsed();
             let t = Instant::now();
-            carry.extend_from_slice(&block[..n]);
             // Whole lines only; the rest waits for the next block.
             let cut = if n == 0 {
                 carry.len()
