@@ -96,6 +96,7 @@ impl Converter {
         let k = theirs.columns.len();
         let fields = self.schema.fields();
         if self.strict != earlier.strict
+            || self.rewrite != earlier.rewrite
             || mine.columns.len() < k
             || mine.columns[..k] != theirs.columns[..]
             || mine.names[..k] != theirs.names[..]

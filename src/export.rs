@@ -877,7 +877,7 @@ struct EarlyGroups {
     detect: DetectOptions,
     /// Set when the export gives up (dropped without `finish`): the worker stops.
     cancel: Arc<std::sync::atomic::AtomicBool>,
-    /// Batches of the row group being filled, decoded as their pages come in.
+    /// Batches decoded as their pages come in (see [`Predecoded`]).
     pre: Arc<Predecoded>,
     spool: Spool,
     /// The first page of the next batch to decode ahead.
@@ -896,10 +896,12 @@ enum Slot {
     Failed,
 }
 
-/// The batches (of [`PAGES_PER_BATCH`] pages) of the row group being filled,
-/// decoded on rayon as soon as their pages are in, under the schema of the pages
-/// in by then, so little is left to decode when the group's last page comes in
+/// Batches (of [`PAGES_PER_BATCH`] pages, aligned on their row group's first
+/// page), decoded on rayon as soon as their pages are in, under the schema of the
+/// pages in by then, so little is left to decode when a group's last page comes in
 /// (above all the last group's, which used to be decoded after the last page).
+/// Only batches of the row group the worker encodes next are decoded ahead, so a
+/// worker that falls behind does not pile decoded batches up in memory.
 /// The row group takes a batch as it is if it was decoded as the group's schema
 /// converts, widened with null columns if the group only has keys first seen
 /// later ([`Converter::widen`]); otherwise (a type changed) it decodes it again.
@@ -908,6 +910,8 @@ enum Slot {
 struct Predecoded {
     slots: std::sync::Mutex<std::collections::HashMap<u64, Slot>>,
     changed: std::sync::Condvar,
+    /// Row groups the worker has finished with (encoded or left for the end).
+    groups_done: std::sync::atomic::AtomicU64,
 }
 
 impl Predecoded {
@@ -929,11 +933,14 @@ impl Predecoded {
         let decoded = std::panic::catch_unwind(std::panic::AssertUnwindSafe(|| {
             decode_batch(&conv, spool, "", &nums)
         }));
-        let slot = match decoded {
+        let result = match decoded {
             Ok(Ok(b)) => Slot::Done(conv, b),
             _ => Slot::Failed,
         };
-        self.lock().insert(first, slot);
+        // Kept only if still wanted (not dropped with its row group meanwhile).
+        if let Some(slot @ Slot::Running) = self.lock().get_mut(&first) {
+            *slot = result;
+        }
         self.changed.notify_all();
     }
 
@@ -946,15 +953,23 @@ impl Predecoded {
         while let Some(Slot::Running) = slots.get(&first) {
             slots = self.changed.wait(slots).unwrap_or_else(|e| e.into_inner());
         }
-        match slots.remove(&first) {
+        let slot = slots.remove(&first);
+        drop(slots);
+        match slot {
             Some(Slot::Done(c, b)) => conv.widen(&c, b),
             _ => None,
         }
     }
 
-    /// Forgets the batches of pages `first..=last` (a row group not encoded early).
+    /// Forgets the batches of pages `first..=last` (a row group not encoded early,
+    /// or whose encoding failed).
     fn drop_range(&self, first: u64, last: u64) {
         self.lock().retain(|&p, _| p < first || p > last);
+    }
+
+    /// Forgets every batch (the worker is gone).
+    fn clear(&self) {
+        self.lock().clear();
     }
 }
 
@@ -995,8 +1010,14 @@ impl EarlyGroups {
                     }
                     let index = job.index;
                     let group = encode_group(&encoder, &worker_spool, &worker_pre, &job)
-                        .map_err(|e| tracing::debug!("row group {index} left for the end: {e}"))
+                        .map_err(|e| {
+                            worker_pre.drop_range(job.first, job.last);
+                            tracing::debug!("row group {index} left for the end: {e}")
+                        })
                         .ok();
+                    worker_pre
+                        .groups_done
+                        .store(index as u64 + 1, Ordering::Release);
                     if out.len() <= index {
                         out.resize_with(index + 1, || None);
                     }
@@ -1026,28 +1047,33 @@ impl EarlyGroups {
         if self.tx.is_none() {
             return;
         }
-        let mut conv: Option<Arc<Converter>> = None;
+        // The converter of the pages in (`None` inside: their schema has none).
+        let mut conv: Option<Option<Arc<Converter>>> = None;
         loop {
             let first = self.next_batch;
-            let group_last = ((first - 1) / self.group_pages + 1) * self.group_pages;
-            let group_last = group_last.min(self.pages);
+            let group = (first - 1) / self.group_pages;
+            let group_last = ((group + 1) * self.group_pages).min(self.pages);
             let last = (first + PAGES_PER_BATCH as u64 - 1).min(group_last);
             if first > self.pages || last > n {
                 return;
             }
             self.next_batch = last + 1;
-            if conv.is_none() {
-                let Ok(schema) = inf.clone().finish_with(&self.detect) else {
-                    continue;
-                };
+            // Not further ahead than the group the worker encodes next: it decodes
+            // the batches skipped here itself.
+            if group > self.pre.groups_done.load(Ordering::Acquire) + 1 {
+                continue;
+            }
+            let c = conv.get_or_insert_with(|| {
+                let schema = inf.clone().finish_with(&self.detect).ok()?;
                 let fresh = Converter::new(&schema);
-                conv = Some(match self.conv.take() {
+                let c = match self.conv.take() {
                     Some(c) if c.converts_like(&fresh) => c,
                     _ => Arc::new(fresh),
-                });
-                self.conv = conv.clone();
-            }
-            let Some(c) = conv.clone() else { continue };
+                };
+                self.conv = Some(c.clone());
+                Some(c)
+            });
+            let Some(c) = c.clone() else { continue };
             self.pre.lock().insert(first, Slot::Queued);
             let (pre, spool, cancel) = (self.pre.clone(), self.spool.clone(), self.cancel.clone());
             rayon::spawn(move || {
@@ -1074,13 +1100,19 @@ impl EarlyGroups {
                     .iter()
                     .map(|&r| r as usize)
                     .sum();
-                let _ = tx.send(GroupJob {
+                let job = GroupJob {
                     index: self.sent as usize,
                     first,
                     last,
                     rows,
                     schema,
-                });
+                };
+                if tx.send(job).is_err() {
+                    // The worker is gone: nothing is encoded early any more.
+                    self.tx = None;
+                    self.pre.clear();
+                    return;
+                }
             } else {
                 self.pre.drop_range(first, last);
             }
@@ -1106,7 +1138,8 @@ impl EarlyGroups {
 }
 
 /// Decodes pages `first..=last` with `conv`, 8 pages per batch, in parallel;
-/// batches `pre` decoded ahead as `conv` decodes are taken as they are.
+/// batches `pre` decoded ahead are taken when they convert as `conv` does, or
+/// widen to it ([`Predecoded::take`]).
 fn decode_pages(
     conv: &Converter,
     spool: &Spool,
@@ -1612,6 +1645,92 @@ mod tests {
 
     fn d(s: &str) -> UpdateDate {
         UpdateDate::from_value(serde_json::json!(s))
+    }
+
+    /// A batch decoded ahead under an earlier schema is used when the row group's
+    /// schema converts alike or only adds keys (then the spool is not read at all),
+    /// and decoded again when a type changed; the result is always the batch the
+    /// group's own converter builds.
+    #[test]
+    fn batches_decoded_ahead_are_used_only_when_they_convert_alike() {
+        let dir = tempfile::tempdir().unwrap();
+        let spool = Spool::create(dir.path().join("spool")).unwrap();
+        let pages = [
+            r#"[{"a":1,"d":"2024-01-02","s":"x"}]"#,
+            r#"[{"a":2,"d":"2024-01-03","s":"y"}]"#,
+            r#"[{"a":3,"d":"2024-01-04","s":"z","late":"L"}]"#,
+            r#"[{"a":4.5,"d":"2024-01-05","s":"w"}]"#,
+            r#"[{"a":5,"d":"soon","s":"v"}]"#,
+        ];
+        let conv_of = |upto: &[usize]| {
+            let mut inf = crate::schema::Inferrer::default();
+            for &i in upto {
+                inf.merge(crate::schema::Inferrer::observe_array(pages[i]).unwrap().1);
+            }
+            Converter::new(&inf.finish())
+        };
+        let write = |spool: &Spool| {
+            for (i, p) in pages[..2].iter().enumerate() {
+                spool.write_page(i as u64 + 1, p).unwrap();
+            }
+        };
+        write(&spool);
+        let early = Arc::new(conv_of(&[0, 1]));
+        let ahead = decode_batch(&early, &spool, "", &[1, 2]).unwrap();
+        // (pages whose schema the row group has, whether the batch decoded ahead fits)
+        let cases: [(&[usize], bool); 4] = [
+            (&[0, 1], true),
+            (&[0, 1, 2], true),
+            (&[0, 1, 3], false),
+            (&[0, 1, 4], false),
+        ];
+        for (upto, fits) in cases {
+            let conv = conv_of(upto);
+            write(&spool);
+            let fresh = decode_pages(&conv, &spool, "", 1, 2, None).unwrap();
+            if fits {
+                // Taken without reading the spool.
+                spool.remove_page(1);
+                spool.remove_page(2);
+            }
+            let pre = Predecoded::default();
+            pre.lock()
+                .insert(1, Slot::Done(early.clone(), ahead.clone()));
+            let got = decode_pages(&conv, &spool, "", 1, 2, Some(&pre)).unwrap();
+            assert_eq!(got, fresh, "row group of pages {upto:?}");
+            assert!(pre.lock().is_empty(), "the slot is taken");
+        }
+    }
+
+    /// A row group that needs a batch being decoded waits for it; a queued one it
+    /// takes over (the queued decode then does nothing).
+    #[test]
+    fn taking_a_batch_waits_for_a_running_decode_and_takes_over_a_queued_one() {
+        let dir = tempfile::tempdir().unwrap();
+        let spool = Spool::create(dir.path().join("spool")).unwrap();
+        let page = r#"[{"a":1}]"#;
+        spool.write_page(1, page).unwrap();
+        let mut inf = crate::schema::Inferrer::default();
+        inf.merge(crate::schema::Inferrer::observe_array(page).unwrap().1);
+        let conv = Arc::new(Converter::new(&inf.finish()));
+        let want = decode_batch(&conv, &spool, "", &[1]).unwrap();
+        let pre = Arc::new(Predecoded::default());
+        pre.lock().insert(1, Slot::Running);
+        let (p, c, b) = (pre.clone(), conv.clone(), want.clone());
+        let finisher = std::thread::spawn(move || {
+            std::thread::sleep(std::time::Duration::from_millis(50));
+            p.lock().insert(1, Slot::Done(c, b));
+            p.changed.notify_all();
+        });
+        assert_eq!(pre.take(1, &conv), Some(want));
+        finisher.join().unwrap();
+        pre.lock().insert(1, Slot::Queued);
+        assert_eq!(pre.take(1, &conv), None, "queued: the caller decodes it");
+        pre.run(&spool, conv.clone(), 1, 1);
+        assert!(
+            pre.lock().is_empty(),
+            "a decode taken over leaves nothing behind"
+        );
     }
 
     #[test]
