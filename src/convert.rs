@@ -29,6 +29,7 @@ use serde_json::value::RawValue;
 use crate::detect::{Target, TypedBuilder};
 use crate::error::PageError;
 use crate::platform::records::string_content;
+use crate::platform::records::Tape;
 use crate::platform::{object_entries, split_records};
 use crate::schema::{InferredSchema, Kind, StructKind};
 
@@ -141,7 +142,17 @@ impl Converter {
     /// (by its position in `pages`, which the caller maps to a page number).
     /// Pages are record arrays as bytes (the decoder checks UTF-8 itself).
     pub fn decode<P: AsRef<[u8]>>(&self, pages: &[P]) -> Result<RecordBatch, (usize, PageError)> {
-        if let Some((batch, _)) = self.decode_fast(pages) {
+        self.decode_taped(pages, &[])
+    }
+
+    /// [`Converter::decode`], walking the [`Tape`] given for a page (by position)
+    /// instead of scanning it, when it fits the page's bytes.
+    pub fn decode_taped<P: AsRef<[u8]>>(
+        &self,
+        pages: &[P],
+        tapes: &[Option<Tape>],
+    ) -> Result<RecordBatch, (usize, PageError)> {
+        if let Some((batch, _)) = self.decode_fast(pages, tapes) {
             return Ok(batch);
         }
         let (text, ends) = self.decode_arrow_json(pages)?;
@@ -153,7 +164,11 @@ impl Converter {
     /// anything whose conversion is not plain (a key outside the schema, a key
     /// twice in a record, a value of another shape than its column, invalid JSON):
     /// arrow-json then decodes the batch and reports the error, if there is one.
-    fn decode_fast<P: AsRef<[u8]>>(&self, pages: &[P]) -> Option<(RecordBatch, Vec<usize>)> {
+    fn decode_fast<P: AsRef<[u8]>>(
+        &self,
+        pages: &[P],
+        tapes: &[Option<Tape>],
+    ) -> Option<(RecordBatch, Vec<usize>)> {
         let plan = self.fast.as_deref()?;
         let rows_hint = pages.len() * 200;
         let bytes: usize = pages.iter().map(|p| p.as_ref().len()).sum();
@@ -171,8 +186,41 @@ impl Converter {
         let mut entries = Vec::new();
         let mut hints = crate::platform::records::KeyHints::default();
         let mut rows = 0usize;
-        for page in pages {
+        for (k, page) in pages.iter().enumerate() {
             let text = crate::platform::records::utf8(page.as_ref()).ok()?;
+            if let Some(tape) = tapes
+                .get(k)
+                .and_then(Option::as_ref)
+                .filter(|t| t.fits(text))
+            {
+                // The page's structure as inference found it: values by span.
+                let columns: Vec<Option<usize>> = tape
+                    .keys
+                    .iter()
+                    .map(|key| plan.index.get(key.as_str()).copied())
+                    .collect();
+                let mut e = 0usize;
+                for &n in &tape.records {
+                    let end = e + n as usize;
+                    for (&key, &(a, b)) in
+                        tape.key_of.get(e..end)?.iter().zip(tape.spans.get(e..end)?)
+                    {
+                        let raw = text.get(a as usize..b as usize)?;
+                        match *columns.get(key as usize)? {
+                            Some(i) if !cols[i].push(rows, raw) => return None,
+                            Some(_) => {}
+                            None if self.strict => return None,
+                            // arrow-json still reads a skipped value.
+                            None if has_surrogate_escape(raw) => return None,
+                            None => {}
+                        }
+                    }
+                    e = end;
+                    rows += 1;
+                }
+                ends.push(rows);
+                continue;
+            }
             let mut ok = true;
             crate::platform::records::scan(text, &mut entries, |rec| {
                 for (pos, (key, raw)) in rec.iter().enumerate() {
@@ -732,6 +780,7 @@ mod one_pass {
     //! builds the same one; where arrow-json fails, it declines.
     use super::*;
     use crate::schema::Inferrer;
+    use arrow_array::cast::AsArray;
     use proptest::prelude::*;
 
     fn value() -> impl Strategy<Value = String> {
@@ -821,7 +870,21 @@ mod one_pass {
 
     fn same(conv: &Converter, pages: &[String]) -> Result<(), TestCaseError> {
         let slow = conv.decode_arrow_json(pages);
-        if let Some(fast) = conv.decode_fast(pages) {
+        // Walking the tapes inference keeps gives what scanning again gives.
+        let tapes: Vec<Option<Tape>> = pages
+            .iter()
+            .map(|p| {
+                let hash = twox_hash::XxHash3_64::oneshot(p.as_bytes());
+                Inferrer::observe_array_taped(p, hash)
+                    .ok()
+                    .and_then(|t| t.2)
+            })
+            .collect();
+        prop_assert_eq!(
+            conv.decode_fast(pages, &tapes),
+            conv.decode_fast(pages, &[])
+        );
+        if let Some(fast) = conv.decode_fast(pages, &[]) {
             let slow = slow.map_err(|e| {
                 TestCaseError::fail(format!("fast path built a batch, arrow-json: {e:?}"))
             })?;
@@ -852,6 +915,40 @@ mod one_pass {
         }
     }
 
+    /// A tape that fits the page is walked (a tape changed by hand shows in the
+    /// batch); one made of other bytes is not (the page is scanned).
+    #[test]
+    fn tapes_are_walked_only_for_their_own_bytes() {
+        let page = r#"[{"a":"x","n":1},{"a":"y","n":2}]"#.to_string();
+        let other = r#"[{"a":"u","n":3},{"a":"v","n":4}]"#.to_string();
+        let taped = |p: &String| {
+            let hash = twox_hash::XxHash3_64::oneshot(p.as_bytes());
+            Inferrer::observe_array_taped(p, hash).unwrap().2.unwrap()
+        };
+        let tape = taped(&page);
+        assert_eq!(tape.records, [2, 2]);
+        assert_eq!(tape.keys, ["a", "n"]);
+        let conv = Converter::new(&infer(std::slice::from_ref(&page)).unwrap());
+        let scanned = conv.decode_fast(std::slice::from_ref(&page), &[]).unwrap();
+        let walked = conv
+            .decode_fast(std::slice::from_ref(&page), &[Some(tape.clone())])
+            .unwrap();
+        assert_eq!(walked, scanned);
+        // The two records' spans swapped: the batch follows the tape.
+        let mut swapped = tape.clone();
+        swapped.spans.swap(0, 2);
+        swapped.spans.swap(1, 3);
+        let (b, _) = conv
+            .decode_fast(std::slice::from_ref(&page), &[Some(swapped)])
+            .unwrap();
+        assert_eq!(b.column(0).as_string::<i32>().value(0), "y");
+        // Bytes of the same length but not the tape's: scanned.
+        let (b, _) = conv
+            .decode_fast(std::slice::from_ref(&other), &[Some(tape)])
+            .unwrap();
+        assert_eq!(b.column(0).as_string::<i32>().value(0), "u");
+    }
+
     #[test]
     fn flat_pages_take_the_one_pass_path() {
         let pages = [
@@ -860,7 +957,7 @@ mod one_pass {
         ];
         let conv = Converter::new(&infer(&pages).unwrap());
         let (fast, ends) = conv
-            .decode_fast(&pages)
+            .decode_fast(&pages, &[])
             .expect("flat pages are built in one pass");
         assert_eq!(ends, [2, 3]);
         let (text, slow_ends) = conv.decode_arrow_json(&pages).unwrap();
@@ -868,12 +965,12 @@ mod one_pass {
         // A key twice in a record, a key outside the schema, a nested column: arrow-json.
         let dup = [r#"[{"a":"x","a":"y"}]"#.to_string()];
         assert!(Converter::new(&infer(&dup).unwrap())
-            .decode_fast(&dup)
+            .decode_fast(&dup, &[])
             .is_none());
-        assert!(conv.decode_fast(&[r#"[{"zz":1}]"#]).is_none());
+        assert!(conv.decode_fast(&[r#"[{"zz":1}]"#], &[]).is_none());
         let nested = [r#"[{"o":{"k":1}}]"#.to_string()];
         assert!(Converter::new(&infer(&nested).unwrap())
-            .decode_fast(&nested)
+            .decode_fast(&nested, &[])
             .is_none());
     }
 }

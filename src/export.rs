@@ -976,8 +976,13 @@ impl Predecoded {
 impl Drop for EarlyGroups {
     fn drop(&mut self) {
         self.cancel.store(true, Ordering::Relaxed);
+        self.spool.keep_tapes(0);
     }
 }
+
+/// Memory for the tapes of pages in but not converted yet (see
+/// [`crate::platform::records::Tape`]); a page past it is scanned again.
+const TAPE_BUDGET: usize = 16 << 20;
 
 struct GroupJob {
     index: usize,
@@ -1000,6 +1005,9 @@ impl EarlyGroups {
         let stop = cancel.clone();
         let pre = Arc::new(Predecoded::default());
         let (worker_pre, worker_spool) = (pre.clone(), spool.clone());
+        // Pages are converted soon after they come in: their tapes spare the
+        // conversion a second scan of the JSON.
+        spool.keep_tapes(TAPE_BUDGET);
         let worker = std::thread::Builder::new()
             .name("jdop-row-groups".into())
             .spawn(move || {
@@ -1111,6 +1119,7 @@ impl EarlyGroups {
                     // The worker is gone: nothing is encoded early any more.
                     self.tx = None;
                     self.pre.clear();
+                    self.spool.keep_tapes(0);
                     return;
                 }
             } else {
@@ -1174,11 +1183,13 @@ fn decode_batch(
             })
         })
         .collect::<Result<Vec<_>>>()?;
-    conv.decode(&texts).map_err(|(i, source)| Error::Page {
-        dataset: dataset.to_string(),
-        page: nums[i],
-        source: Box::new(source),
-    })
+    let tapes: Vec<_> = nums.iter().map(|&p| spool.take_tape(p)).collect();
+    conv.decode_taped(&texts, &tapes)
+        .map_err(|(i, source)| Error::Page {
+            dataset: dataset.to_string(),
+            page: nums[i],
+            source: Box::new(source),
+        })
 }
 
 fn encode_group(

@@ -536,11 +536,21 @@ pub(crate) fn process_array(
     array: &str,
     write: bool,
 ) -> Result<(u32, Inferrer, u64)> {
+    let hash = twox_hash::XxHash3_64::oneshot(array.as_bytes());
+    if write && spool.wants_tapes() {
+        // Conversion will walk this page's tape instead of scanning it again.
+        let (rows, inf, tape) =
+            Inferrer::observe_array_taped(array, hash).map_err(|e| page_error(dataset, page, e))?;
+        spool.write_page(page, array)?;
+        if let Some(tape) = tape {
+            spool.put_tape(page, tape);
+        }
+        return Ok((rows, inf, hash));
+    }
     let (rows, inf) = Inferrer::observe_array(array).map_err(|e| page_error(dataset, page, e))?;
     if write {
         spool.write_page(page, array)?;
     }
-    let hash = twox_hash::XxHash3_64::oneshot(array.as_bytes());
     Ok((rows, inf, hash))
 }
 

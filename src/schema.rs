@@ -313,6 +313,12 @@ pub struct Inferrer {
 
 impl Inferrer {
     pub fn observe(&mut self, record: &[Entry<'_>]) {
+        self.observe_each(record, |_, _| {});
+    }
+
+    /// [`Inferrer::observe`], telling `each` the column number of every entry.
+    #[inline]
+    fn observe_each<'a>(&mut self, record: &[Entry<'a>], mut each: impl FnMut(usize, &'a str)) {
         self.rows += 1;
         for (pos, (key, raw)) in record.iter().enumerate() {
             let i = match self.hints.get(pos) {
@@ -331,6 +337,7 @@ impl Inferrer {
                     i
                 }
             };
+            each(i, raw);
             if i == self.stats.len() {
                 self.stats.push(ColumnStats::default());
                 self.counted_in.push(0);
@@ -373,6 +380,38 @@ impl Inferrer {
             Err(_) => {
                 let records = crate::platform::split_records(array)?;
                 Ok((records.len() as u32, Inferrer::observe_page(&records)))
+            }
+        }
+    }
+
+    /// [`Inferrer::observe_array`], also keeping the page's [`Tape`] (hash
+    /// `hash`) when the one-pass reader reads it.
+    ///
+    /// [`Tape`]: crate::platform::records::Tape
+    pub fn observe_array_taped(
+        array: &str,
+        hash: u64,
+    ) -> Result<(u32, Inferrer, Option<crate::platform::records::Tape>), crate::error::PageError>
+    {
+        let Some(mut tape) = crate::platform::records::Tape::of(array) else {
+            let (n, inf) = Inferrer::observe_array(array)?;
+            return Ok((n, inf, None));
+        };
+        let mut inf = Inferrer::default();
+        let mut entries = Vec::new();
+        match crate::platform::records::scan(array, &mut entries, |r| {
+            inf.observe_each(r, |i, raw| tape.push(array, i, raw));
+            tape.records.push(r.len() as u32);
+            true
+        }) {
+            Ok(n) => {
+                tape.hash = hash;
+                tape.keys = inf.columns.fields.iter().map(|(k, _)| k.clone()).collect();
+                Ok((n as u32, inf, Some(tape)))
+            }
+            Err(_) => {
+                let records = crate::platform::split_records(array)?;
+                Ok((records.len() as u32, Inferrer::observe_page(&records), None))
             }
         }
     }

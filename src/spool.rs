@@ -17,6 +17,7 @@ use std::path::{Path, PathBuf};
 use std::sync::{Arc, Mutex};
 
 use crate::error::{Error, Result};
+use crate::platform::records::Tape;
 
 const DATA: &str = "pages.bin";
 const INDEX: &str = "index.txt";
@@ -28,6 +29,15 @@ struct Inner {
     /// The index file, and where the next page's bytes go.
     index: Mutex<(File, u64)>,
     pages: Mutex<HashMap<u64, (u64, u64)>>,
+    tapes: Mutex<Tapes>,
+}
+
+/// Tapes of pages not converted yet, within a memory budget (none by default).
+#[derive(Debug, Default)]
+struct Tapes {
+    budget: usize,
+    used: usize,
+    map: HashMap<u64, Tape>,
 }
 
 #[derive(Debug, Clone)]
@@ -72,6 +82,7 @@ impl Spool {
                 data,
                 index: Mutex::new((index, size)),
                 pages: Mutex::new(pages),
+                tapes: Mutex::new(Tapes::default()),
             }),
         })
     }
@@ -113,6 +124,44 @@ impl Spool {
         Ok(())
     }
 
+    /// Keeps the [`Tape`]s of pages written from now on, up to `budget` bytes of
+    /// them (0: none, and the ones kept are dropped), for [`Spool::take_tape`].
+    pub fn keep_tapes(&self, budget: usize) {
+        let mut t = self.inner.tapes.lock().expect("spool lock");
+        t.budget = budget;
+        if budget == 0 {
+            t.map = HashMap::new();
+            t.used = 0;
+        }
+    }
+
+    /// Whether a tape would be kept now.
+    pub fn wants_tapes(&self) -> bool {
+        let t = self.inner.tapes.lock().expect("spool lock");
+        t.used < t.budget
+    }
+
+    /// Keeps the tape of `page` if the budget allows.
+    pub fn put_tape(&self, page: u64, tape: Tape) {
+        let mut t = self.inner.tapes.lock().expect("spool lock");
+        let size = tape.heap_bytes();
+        if t.used + size > t.budget {
+            return;
+        }
+        t.used += size;
+        if let Some(old) = t.map.insert(page, tape) {
+            t.used -= old.heap_bytes();
+        }
+    }
+
+    /// The tape of `page`, if one is kept (it is kept no longer).
+    pub fn take_tape(&self, page: u64) -> Option<Tape> {
+        let mut t = self.inner.tapes.lock().expect("spool lock");
+        let tape = t.map.remove(&page)?;
+        t.used -= tape.heap_bytes();
+        Some(tape)
+    }
+
     pub fn has_page(&self, page: u64) -> bool {
         self.inner
             .pages
@@ -149,6 +198,7 @@ impl Spool {
     /// Forgets a page (a damaged one, fetched again).
     pub fn remove_page(&self, page: u64) {
         self.inner.pages.lock().expect("spool lock").remove(&page);
+        self.take_tape(page);
     }
 }
 

@@ -38,6 +38,57 @@ impl KeyHints {
     }
 }
 
+/// A page's records as [`scan`] found them, kept by inference for conversion to
+/// walk the same bytes again without scanning: per record its number of entries,
+/// per entry its key (a number into `keys`) and its value's byte span. Valid only
+/// for the exact bytes it was made from: [`Tape::fits`] checks their length and
+/// xxh3 hash before use.
+#[derive(Debug, Clone, Default, PartialEq)]
+pub struct Tape {
+    pub hash: u64,
+    pub len: usize,
+    /// Key names (unescaped) by number.
+    pub keys: Vec<String>,
+    /// Per record, its number of entries.
+    pub records: Vec<u32>,
+    /// Per entry, its key's number.
+    pub key_of: Vec<u32>,
+    /// Per entry, the value's raw JSON text as a byte span of the page.
+    pub spans: Vec<(u32, u32)>,
+}
+
+impl Tape {
+    /// Starts the tape of `text` (too long a page gets none).
+    pub fn of(text: &str) -> Option<Tape> {
+        (text.len() < u32::MAX as usize).then(|| Tape {
+            len: text.len(),
+            ..Tape::default()
+        })
+    }
+
+    /// Records one entry: its key's number and its raw value (a slice of the page
+    /// the tape is made of, at `base`).
+    #[inline]
+    pub fn push(&mut self, base: &str, key: usize, raw: &str) {
+        let at = raw.as_ptr() as usize - base.as_ptr() as usize;
+        self.key_of.push(key as u32);
+        self.spans.push((at as u32, (at + raw.len()) as u32));
+    }
+
+    /// Whether `text` is the page this tape was made of.
+    pub fn fits(&self, text: &str) -> bool {
+        text.len() == self.len && twox_hash::XxHash3_64::oneshot(text.as_bytes()) == self.hash
+    }
+
+    /// Memory held.
+    pub fn heap_bytes(&self) -> usize {
+        self.records.capacity() * 4
+            + self.key_of.capacity() * 4
+            + self.spans.capacity() * 8
+            + self.keys.iter().map(|k| k.capacity() + 24).sum::<usize>()
+    }
+}
+
 /// A page that the fast reader does not accept (serde_json says why).
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
 pub struct Unreadable;
