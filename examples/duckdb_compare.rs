@@ -151,14 +151,35 @@ fn infer(pages: &[String]) -> Result<InferredSchema> {
 /// The NDJSON reader thread; it returns its time spent reading and building pages.
 type Reader = std::thread::JoinHandle<Result<(Duration, Duration)>>;
 
+/// A page handed to the conversion. Its buffer goes back to the reader when the
+/// conversion drops it, so pages are not allocated (and faulted in) afresh.
+struct Page {
+    text: String,
+    back: std::sync::mpsc::SyncSender<String>,
+}
+
+impl AsRef<str> for Page {
+    fn as_ref(&self) -> &str {
+        &self.text
+    }
+}
+
+impl Drop for Page {
+    fn drop(&mut self) {
+        let _ = self.back.try_send(std::mem::take(&mut self.text));
+    }
+}
+
 /// Reads NDJSON in 8 MiB blocks on a thread of its own and hands over pages of
 /// `PAGE_SIZE` records (`[r1,r2,...]`, the spooled form) through a bounded channel,
 /// so reading overlaps the conversion and memory holds a few blocks, not the file.
+/// A page's lines are copied at once and their newlines turned into commas.
 /// The returned handle gives the thread's busy time (reading, and building pages).
-fn stream_pages(ndjson: &Path) -> Result<(std::sync::mpsc::Receiver<String>, Reader)> {
+fn stream_pages(ndjson: &Path) -> Result<(std::sync::mpsc::Receiver<Page>, Reader)> {
     use std::io::Read;
     let mut file = File::open(ndjson)?;
-    let (tx, rx) = std::sync::mpsc::sync_channel::<String>(128);
+    let (tx, rx) = std::sync::mpsc::sync_channel::<Page>(128);
+    let (back, returned) = std::sync::mpsc::sync_channel::<String>(256);
     let handle = std::thread::spawn(move || -> Result<(Duration, Duration)> {
         let (mut read, mut build) = (Duration::ZERO, Duration::ZERO);
         // Read straight after the partial line left by the previous block.
@@ -166,6 +187,15 @@ fn stream_pages(ndjson: &Path) -> Result<(std::sync::mpsc::Receiver<String>, Rea
         let mut page = String::new();
         let mut in_page = 0usize;
         let mut last_len = 0usize;
+        let start_page = |page: &mut String, last_len: usize| {
+            if let Ok(mut buf) = returned.try_recv() {
+                buf.clear();
+                *page = buf;
+            }
+            // The size of the last page: no growth by doubling.
+            page.reserve(last_len + 4096);
+            page.push('[');
+        };
         loop {
             let t = Instant::now();
             let n = (&mut file).take(8 << 20).read_to_end(&mut carry)?;
@@ -182,7 +212,7 @@ fn stream_pages(ndjson: &Path) -> Result<(std::sync::mpsc::Receiver<String>, Rea
             let mut rest = text;
             let mut newlines: Vec<usize> = Vec::with_capacity(PAGE_SIZE);
             while !rest.is_empty() {
-                // The lines this page still needs, copied at once.
+                // The lines this page still needs.
                 let need = PAGE_SIZE - in_page;
                 newlines.clear();
                 newlines.extend(memchr::memchr_iter(b'\n', rest.as_bytes()).take(need));
@@ -192,33 +222,62 @@ fn stream_pages(ndjson: &Path) -> Result<(std::sync::mpsc::Receiver<String>, Rea
                 };
                 let (chunk, tail) = rest.split_at(end);
                 rest = tail;
-                // Lines end at the newlines (and the text's end); empty ones are skipped.
-                let mut start = 0;
-                for &nl in newlines.iter().chain(std::iter::once(&chunk.len())) {
-                    if nl > chunk.len() || start > nl {
-                        break;
-                    }
-                    let line = &chunk[start..nl];
-                    start = nl + 1;
-                    if line.is_empty() {
-                        continue;
-                    }
+                let body = chunk.strip_suffix('\n').unwrap_or(chunk);
+                let b = body.as_bytes();
+                let inner = &newlines[..newlines.partition_point(|&nl| nl < body.len())];
+                let empty_line = body.is_empty()
+                    || b[0] == b'\n'
+                    || b[b.len() - 1] == b'\n'
+                    || inner.iter().any(|&nl| b[nl - 1] == b'\n');
+                if !empty_line {
+                    // All lines at once, their newlines then turned into commas.
                     if in_page == 0 {
-                        // The size of the last page: no growth by doubling.
-                        page.reserve(last_len + 4096);
-                        page.push('[');
+                        start_page(&mut page, last_len);
                     } else {
                         page.push(',');
                     }
-                    page.push_str(line);
-                    in_page += 1;
+                    let at = page.len();
+                    page.push_str(body);
+                    // SAFETY: ASCII newlines become ASCII commas: still UTF-8.
+                    let bytes = unsafe { page.as_mut_vec() };
+                    for &nl in inner {
+                        bytes[at + nl] = b',';
+                    }
+                    in_page += inner.len() + 1;
+                } else {
+                    // Line by line, skipping the empty ones.
+                    let mut start = 0;
+                    for &nl in newlines.iter().chain(std::iter::once(&chunk.len())) {
+                        if nl > chunk.len() || start > nl {
+                            break;
+                        }
+                        let line = &chunk[start..nl];
+                        start = nl + 1;
+                        if line.is_empty() {
+                            continue;
+                        }
+                        if in_page == 0 {
+                            start_page(&mut page, last_len);
+                        } else {
+                            page.push(',');
+                        }
+                        page.push_str(line);
+                        in_page += 1;
+                    }
                 }
                 if in_page == PAGE_SIZE {
                     page.push(']');
                     last_len = page.len();
                     // Time blocked on a full channel is not the reader's work.
                     let blocked = Instant::now();
-                    if tx.send(std::mem::take(&mut page)).is_err() {
+                    let text = std::mem::take(&mut page);
+                    if tx
+                        .send(Page {
+                            text,
+                            back: back.clone(),
+                        })
+                        .is_err()
+                    {
                         return Ok((read, build));
                     }
                     build = build.saturating_sub(blocked.elapsed());
@@ -233,7 +292,7 @@ fn stream_pages(ndjson: &Path) -> Result<(std::sync::mpsc::Receiver<String>, Rea
         }
         if in_page > 0 {
             page.push(']');
-            let _ = tx.send(page);
+            let _ = tx.send(Page { text: page, back });
         }
         Ok((read, build))
     });

@@ -190,9 +190,7 @@ impl Spool {
                 format!("page {page} is not in the spool"),
             ));
         };
-        let mut buf = vec![0; len as usize];
-        self.inner.data.read_exact_at(&mut buf, at)?;
-        Ok(buf)
+        read_exact_at_uninit(&self.inner.data, len as usize, at)
     }
 
     /// Forgets a page (a damaged one, fetched again).
@@ -200,6 +198,47 @@ impl Spool {
         self.inner.pages.lock().expect("spool lock").remove(&page);
         self.take_tape(page);
     }
+}
+
+/// `len` bytes of `file` from `at`, read straight into a new buffer's spare
+/// capacity (zero-filling it first cost a pass over every page read back).
+fn read_exact_at_uninit(file: &File, len: usize, at: u64) -> std::io::Result<Vec<u8>> {
+    use std::os::fd::AsRawFd;
+    let mut buf: Vec<u8> = Vec::with_capacity(len);
+    while buf.len() < len {
+        let (done, want) = (buf.len(), len - buf.len());
+        let spare = buf.spare_capacity_mut();
+        // SAFETY: `spare` is valid for writes of `want` bytes (capacity is `len`);
+        // pread writes at most that many and says how many it wrote, and only
+        // those are taken into the vector's length below.
+        let n = unsafe {
+            libc::pread(
+                file.as_raw_fd(),
+                spare.as_mut_ptr().cast(),
+                want,
+                (at + done as u64) as libc::off_t,
+            )
+        };
+        match n {
+            n if n > 0 => {
+                // SAFETY: pread initialized the first `n` bytes of the spare capacity.
+                unsafe { buf.set_len(buf.len() + n as usize) };
+            }
+            0 => {
+                return Err(std::io::Error::new(
+                    std::io::ErrorKind::UnexpectedEof,
+                    "the spool file ends inside a page",
+                ))
+            }
+            _ => {
+                let e = std::io::Error::last_os_error();
+                if e.kind() != std::io::ErrorKind::Interrupted {
+                    return Err(e);
+                }
+            }
+        }
+    }
+    Ok(buf)
 }
 
 /// Index lines whose bytes lie inside the data file; a later line wins.
@@ -237,6 +276,35 @@ mod tests {
         assert!(s.has_page(1) && s.has_page(3) && !s.has_page(2));
         assert_eq!(s.read_page(1).unwrap(), "[]");
         assert_eq!(Spool::count(&dir.path().join("spool")), 2);
+    }
+
+    /// Pages of many sizes read back byte for byte; a data file cut while the
+    /// spool is open gives an error for the page it cut, not short bytes.
+    #[test]
+    fn pages_read_back_exactly_and_a_cut_page_is_an_error() {
+        let dir = tempfile::tempdir().unwrap();
+        let path = dir.path().join("spool");
+        let s = Spool::create(&path).unwrap();
+        let pages: Vec<String> = [0usize, 1, 4095, 4096, 4097, 1 << 20]
+            .iter()
+            .map(|&n| "地".repeat(n / 3 + 1))
+            .collect();
+        for (i, p) in pages.iter().enumerate() {
+            s.write_page(i as u64 + 1, p).unwrap();
+        }
+        for (i, p) in pages.iter().enumerate() {
+            assert_eq!(s.read_page_bytes(i as u64 + 1).unwrap(), p.as_bytes());
+        }
+        let size = File::open(path.join(DATA))
+            .unwrap()
+            .metadata()
+            .unwrap()
+            .len();
+        let data = File::options().write(true).open(path.join(DATA)).unwrap();
+        data.set_len(size - 10).unwrap();
+        let e = s.read_page_bytes(pages.len() as u64).unwrap_err();
+        assert_eq!(e.kind(), std::io::ErrorKind::UnexpectedEof);
+        assert_eq!(s.read_page_bytes(1).unwrap(), pages[0].as_bytes());
     }
 
     #[test]
