@@ -201,8 +201,9 @@ impl Spool {
 }
 
 /// `len` bytes of `file` from `at`, read straight into a new buffer's spare
-/// capacity (zero-filling it first cost a pass over every page read back).
-fn read_exact_at_uninit(file: &File, len: usize, at: u64) -> std::io::Result<Vec<u8>> {
+/// capacity (zero-filling it first cost a pass over every page read back, and
+/// over every encoded page of the final assembly).
+pub(crate) fn read_exact_at_uninit(file: &File, len: usize, at: u64) -> std::io::Result<Vec<u8>> {
     use std::os::fd::AsRawFd;
     let mut buf: Vec<u8> = Vec::with_capacity(len);
     while buf.len() < len {

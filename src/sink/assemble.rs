@@ -67,9 +67,7 @@ impl SpillFile {
     }
 
     fn get(&self, at: u64, len: usize) -> std::io::Result<Vec<u8>> {
-        let mut buf = vec![0; len];
-        self.file.read_exact_at(&mut buf, at)?;
-        Ok(buf)
+        crate::spool::read_exact_at_uninit(&self.file, len, at)
     }
 
     pub fn bytes(&self) -> u64 {
