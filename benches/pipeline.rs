@@ -1,5 +1,6 @@
 //! Stage throughput of the export pipeline on simulator pages (no network):
-//! envelope + record parsing, schema inference, conversion to Arrow, Parquet
+//! envelope + record parsing, schema inference, conversion to Arrow (scanning
+//! each page again, or walking the tape inference kept), Parquet
 //! encoding (zstd), CSV encoding, and the whole bytes-of-pages -> Parquet path
 //! (serial, and the exporter's pipelined path on all cores).
 //! Each stage is reported in bytes/s (group `*_bytes`) and records/s (`*_records`).
@@ -11,6 +12,7 @@ use std::hint::black_box;
 use arrow_array::RecordBatch;
 use criterion::{criterion_group, criterion_main, Criterion, Throughput};
 use jdop::convert::Converter;
+use jdop::platform::records::Tape;
 use jdop::platform::{parse_page, split_records};
 use jdop::schema::{InferredSchema, Inferrer};
 use jdop::sim::{DatasetSpec, Typing};
@@ -62,6 +64,32 @@ fn convert(conv: &Converter, arrays: &[String]) -> Vec<RecordBatch> {
         .collect()
 }
 
+/// Each page's inference keeping its tape (as the exporter does while it encodes
+/// row groups early), and the tapes.
+fn infer_taped(arrays: &[String]) -> (InferredSchema, Vec<Option<Tape>>) {
+    let mut inf = Inferrer::default();
+    let mut tapes = Vec::new();
+    for a in arrays {
+        let hash = twox_hash::XxHash3_64::oneshot(a.as_bytes());
+        let (_, page, tape) = Inferrer::observe_array_taped(a, hash).unwrap();
+        inf.merge(page);
+        tapes.push(tape);
+    }
+    (inf.finish(), tapes)
+}
+
+/// [`convert`], walking each page's tape instead of scanning the page again.
+fn convert_taped(conv: &Converter, arrays: &[String], tapes: &[Option<Tape>]) -> Vec<RecordBatch> {
+    arrays
+        .chunks(8)
+        .zip(tapes.chunks(8))
+        .map(|(c, t)| {
+            let refs: Vec<&str> = c.iter().map(String::as_str).collect();
+            conv.decode_taped(&refs, t).unwrap()
+        })
+        .collect()
+}
+
 fn write_parquet(dir: &std::path::Path, conv: &Converter, batches: &[RecordBatch]) -> usize {
     let mut sink = ParquetSink::new(
         dir.to_path_buf(),
@@ -85,6 +113,8 @@ fn stages(c: &mut Criterion) {
     let schema = infer(&arrays);
     let conv = Converter::new(&schema);
     let batches = convert(&conv, &arrays);
+    let (_, tapes) = infer_taped(&arrays);
+    assert_eq!(convert_taped(&conv, &arrays, &tapes), batches);
     let dir = tempfile::tempdir().unwrap();
 
     for (suffix, tp) in [
@@ -105,6 +135,14 @@ fn stages(c: &mut Criterion) {
         g.bench_function("infer_schema", |b| b.iter(|| black_box(infer(&arrays))));
         g.bench_function("convert_to_arrow", |b| {
             b.iter(|| black_box(convert(&conv, &arrays)))
+        });
+        // What an export does while it encodes row groups early: inference keeps
+        // each page's tape, conversion walks it.
+        g.bench_function("infer_schema_keeping_tapes", |b| {
+            b.iter(|| black_box(infer_taped(&arrays)))
+        });
+        g.bench_function("convert_to_arrow_walking_tapes", |b| {
+            b.iter(|| black_box(convert_taped(&conv, &arrays, &tapes)))
         });
         g.bench_function("parquet_encode_zstd1", |b| {
             b.iter(|| {
