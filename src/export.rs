@@ -900,9 +900,9 @@ enum Slot {
 /// page), decoded on rayon as soon as their pages are in, under the schema of the
 /// pages in by then, so little is left to decode when a group's last page comes in
 /// (above all the last group's, which used to be decoded after the last page).
-/// Only batches of the row group the worker encodes next are decoded ahead, at
-/// most a group's worth at a time, so a worker that falls behind does not pile
-/// decoded batches up in memory.
+/// Batches are decoded ahead only while the worker has caught up with the groups
+/// handed to it, so a worker that falls behind the pages does not pile decoded
+/// batches up in memory: it decodes the batches skipped meanwhile itself.
 /// The row group takes a batch as it is if it was decoded as the group's schema
 /// converts, widened with null columns if the group only has keys first seen
 /// later ([`Converter::widen`]); otherwise (a type changed) it decodes it again.
@@ -983,7 +983,7 @@ impl Drop for EarlyGroups {
 
 /// Memory for the tapes of pages in but not converted yet (see
 /// [`crate::platform::records::Tape`]); a page past it is scanned again.
-const TAPE_BUDGET: usize = 8 << 20;
+const TAPE_BUDGET: usize = 4 << 20;
 
 struct GroupJob {
     index: usize,
@@ -1067,14 +1067,10 @@ impl EarlyGroups {
                 return;
             }
             self.next_batch = last + 1;
-            // Not further ahead than the group the worker encodes next, and not
-            // more than a group's worth of batches waiting (when the worker lags
-            // behind the pages, as many as a decode of the whole group held): it
-            // decodes the batches skipped here itself.
-            let waiting_max = self.group_pages.div_ceil(PAGES_PER_BATCH as u64) as usize;
-            if group > self.pre.groups_done.load(Ordering::Acquire) + 1
-                || self.pre.lock().len() >= waiting_max
-            {
+            // Only while the worker has caught up (every group handed over is
+            // done): batches decoded while it still encodes an earlier group would
+            // pile up in memory. It decodes the batches skipped here itself.
+            if self.pre.groups_done.load(Ordering::Acquire) < self.sent {
                 continue;
             }
             let c = conv.get_or_insert_with(|| {
