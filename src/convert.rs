@@ -2,7 +2,9 @@
 //!
 //! Flat pages (the platform's usual data) are built in one pass: the page is read by
 //! [`crate::platform::records::scan`] and each value appended straight into its
-//! column's builder, detected types parsed from their text ([`TypedBuilder`]).
+//! column's builder, detected types parsed from their text ([`TypedBuilder`]). A
+//! page whose [`Tape`] inference kept is not scanned again: its values are taken by
+//! the spans the tape gives, once the tape is checked to fit the page's bytes.
 //! Whatever that path does not take as plain (nested columns, a key twice in a
 //! record, a key outside a strict schema, surrogate escapes, a value of another
 //! shape than its column, a detected type that a value does not fit) is decoded by
