@@ -75,6 +75,12 @@ impl Converter {
         }
     }
 
+    /// Whether flat pages are built in one pass (and walk tapes); `false` for
+    /// schemas with nested columns, which arrow-json decodes.
+    pub fn converts_in_one_pass(&self) -> bool {
+        self.fast.is_some()
+    }
+
     /// Whether `other` converts every page to the same batch as this one (same
     /// columns, kinds and detected types).
     pub fn converts_like(&self, other: &Converter) -> bool {
@@ -851,15 +857,35 @@ mod one_pass {
 
     fn page() -> impl Strategy<Value = String> {
         let key = prop::sample::select(vec!["a", "b", "地市", "d", "e"]);
-        let entry = key.prop_flat_map(|k| (Just(k), typed_value(k)));
-        let record = prop::collection::vec(entry, 0..6).prop_map(|entries| {
-            let body: Vec<String> = entries
-                .iter()
-                .map(|(k, v)| format!("{}:{v}", serde_json::to_string(k).unwrap()))
-                .collect();
-            format!("{{{}}}", body.join(","))
-        });
-        prop::collection::vec(record, 0..6).prop_map(|r| format!("[{}]", r.join(",")))
+        // A key is sometimes written escaped (`"\u0061"` is `a`).
+        let entry =
+            (key, any::<bool>()).prop_flat_map(|(k, esc)| (Just(k), Just(esc), typed_value(k)));
+        let record =
+            (prop::collection::vec(entry, 0..6), any::<bool>()).prop_map(|(entries, ws)| {
+                let body: Vec<String> = entries
+                    .iter()
+                    .map(|(k, esc, v)| {
+                        let key = match (*k, *esc) {
+                            ("a", true) => r#""\u0061""#.to_string(),
+                            ("地市", true) => r#""\u5730\u5e02""#.to_string(),
+                            _ => serde_json::to_string(k).unwrap(),
+                        };
+                        if ws {
+                            format!(" {key} :\n\t{v} ")
+                        } else {
+                            format!("{key}:{v}")
+                        }
+                    })
+                    .collect();
+                format!("{{{}}}", body.join(","))
+            });
+        (prop::collection::vec(record, 0..6), any::<bool>()).prop_map(|(r, ws)| {
+            if ws {
+                format!(" [ {} ] ", r.join(" , "))
+            } else {
+                format!("[{}]", r.join(","))
+            }
+        })
     }
 
     fn infer(pages: &[String]) -> Option<InferredSchema> {

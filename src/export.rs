@@ -1006,9 +1006,6 @@ impl EarlyGroups {
         let stop = cancel.clone();
         let pre = Arc::new(Predecoded::default());
         let (worker_pre, worker_spool) = (pre.clone(), spool.clone());
-        // Pages are converted soon after they come in: their tapes spare the
-        // conversion a second scan of the JSON.
-        spool.keep_tapes(TAPE_BUDGET);
         let worker = std::thread::Builder::new()
             .name("jdop-row-groups".into())
             .spawn(move || {
@@ -1021,6 +1018,9 @@ impl EarlyGroups {
                     let group = encode_group(&encoder, &worker_spool, &worker_pre, &job)
                         .map_err(|e| {
                             worker_pre.drop_range(job.first, job.last);
+                            for p in job.first..=job.last {
+                                worker_spool.take_tape(p);
+                            }
                             tracing::debug!("row group {index} left for the end: {e}")
                         })
                         .ok();
@@ -1035,6 +1035,11 @@ impl EarlyGroups {
                 out
             })
             .ok();
+        if worker.is_some() {
+            // Pages are converted soon after they come in: their tapes spare the
+            // conversion a second scan of the JSON.
+            spool.keep_tapes(TAPE_BUDGET);
+        }
         EarlyGroups {
             tx: worker.as_ref().map(|_| tx),
             worker,
@@ -1076,6 +1081,10 @@ impl EarlyGroups {
             let c = conv.get_or_insert_with(|| {
                 let schema = inf.clone().finish_with(&self.detect).ok()?;
                 let fresh = Converter::new(&schema);
+                if !fresh.converts_in_one_pass() {
+                    // Nested columns: arrow-json decodes, tapes would go unused.
+                    self.spool.keep_tapes(0);
+                }
                 let c = match self.conv.take() {
                     Some(c) if c.converts_like(&fresh) => c,
                     _ => Arc::new(fresh),
@@ -1126,6 +1135,9 @@ impl EarlyGroups {
                 }
             } else {
                 self.pre.drop_range(first, last);
+                for p in first..=last {
+                    self.spool.take_tape(p);
+                }
             }
             self.sent += 1;
         }
@@ -1175,6 +1187,8 @@ fn decode_batch(
     dataset: &str,
     nums: &[u64],
 ) -> Result<RecordBatch> {
+    // Taken first, so that a page that cannot be read does not keep its tape.
+    let tapes: Vec<_> = nums.iter().map(|&p| spool.take_tape(p)).collect();
     let texts = nums
         .iter()
         .map(|&p| {
@@ -1185,7 +1199,6 @@ fn decode_batch(
             })
         })
         .collect::<Result<Vec<_>>>()?;
-    let tapes: Vec<_> = nums.iter().map(|&p| spool.take_tape(p)).collect();
     conv.decode_taped(&texts, &tapes)
         .map_err(|(i, source)| Error::Page {
             dataset: dataset.to_string(),
@@ -1713,6 +1726,39 @@ mod tests {
             assert_eq!(got, fresh, "row group of pages {upto:?}");
             assert!(pre.lock().is_empty(), "the slot is taken");
         }
+    }
+
+    /// While row groups are encoded early, each page processed keeps its tape and
+    /// the conversion takes it (the batch is the one scanning builds); once early
+    /// row groups end, tapes are off.
+    #[test]
+    fn early_row_groups_keep_tapes_that_the_conversion_takes() {
+        let dir = tempfile::tempdir().unwrap();
+        let spool = Spool::create(dir.path().join("spool")).unwrap();
+        let spill = SpillFile::create(&dir.path().join("spill.bin")).unwrap();
+        let encoder = GroupEncoder::new(
+            crate::sink::writer_props(&ParquetOptions::default()).unwrap(),
+            SpillFactory(spill),
+        );
+        let early = EarlyGroups::start(encoder, spool.clone(), 10, 4, DetectOptions::default());
+        assert!(spool.wants_tapes());
+        let page = r#"[{"a":1,"s":"x\"y"},{"s":"z","a":2,"d":"2024-01-02"}]"#;
+        let (_, inf, _) = fetch::process_array(&spool, "", 1, page, true).unwrap();
+        let mut whole = crate::schema::Inferrer::default();
+        whole.merge(inf);
+        let conv = Converter::new(&whole.finish());
+        let batch = decode_batch(&conv, &spool, "", &[1]).unwrap();
+        assert_eq!(batch, conv.decode(&[page]).unwrap());
+        assert!(spool.take_tape(1).is_none(), "taken by the conversion");
+        fetch::process_array(&spool, "", 2, page, true).unwrap();
+        assert!(spool.take_tape(2).is_some(), "kept for the conversion");
+        drop(early);
+        assert!(!spool.wants_tapes());
+        fetch::process_array(&spool, "", 3, page, true).unwrap();
+        assert!(
+            spool.take_tape(3).is_none(),
+            "no tapes without early row groups"
+        );
     }
 
     /// A row group that needs a batch being decoded waits for it; a queued one it

@@ -145,7 +145,7 @@ impl Spool {
     pub fn put_tape(&self, page: u64, tape: Tape) {
         let mut t = self.inner.tapes.lock().expect("spool lock");
         let size = tape.heap_bytes();
-        if t.used + size > t.budget {
+        if t.budget == 0 || t.used + size > t.budget {
             return;
         }
         t.used += size;
@@ -208,18 +208,17 @@ pub(crate) fn read_exact_at_uninit(file: &File, len: usize, at: u64) -> std::io:
     let mut buf: Vec<u8> = Vec::with_capacity(len);
     while buf.len() < len {
         let (done, want) = (buf.len(), len - buf.len());
+        let offset = libc::off_t::try_from(at + done as u64).map_err(|_| {
+            std::io::Error::new(
+                std::io::ErrorKind::InvalidInput,
+                "offset beyond what this system's pread takes",
+            )
+        })?;
         let spare = buf.spare_capacity_mut();
         // SAFETY: `spare` is valid for writes of `want` bytes (capacity is `len`);
         // pread writes at most that many and says how many it wrote, and only
         // those are taken into the vector's length below.
-        let n = unsafe {
-            libc::pread(
-                file.as_raw_fd(),
-                spare.as_mut_ptr().cast(),
-                want,
-                (at + done as u64) as libc::off_t,
-            )
-        };
+        let n = unsafe { libc::pread(file.as_raw_fd(), spare.as_mut_ptr().cast(), want, offset) };
         match n {
             n if n > 0 => {
                 // SAFETY: pread initialized the first `n` bytes of the spare capacity.
@@ -306,6 +305,42 @@ mod tests {
         let e = s.read_page_bytes(pages.len() as u64).unwrap_err();
         assert_eq!(e.kind(), std::io::ErrorKind::UnexpectedEof);
         assert_eq!(s.read_page_bytes(1).unwrap(), pages[0].as_bytes());
+    }
+
+    /// Tapes are kept within the budget, replaced, taken once, dropped with their
+    /// page and all dropped when tapes are turned off; the accounting ends at 0.
+    #[test]
+    fn tapes_are_kept_within_the_budget_and_taken_once() {
+        let dir = tempfile::tempdir().unwrap();
+        let s = Spool::create(dir.path().join("spool")).unwrap();
+        let tape = |n: usize| Tape {
+            len: n,
+            records: vec![1; n],
+            key_of: vec![0; n],
+            spans: vec![(0, 1); n],
+            ..Tape::default()
+        };
+        let size = tape(100).heap_bytes();
+        s.put_tape(1, tape(100));
+        assert!(s.take_tape(1).is_none(), "no budget, no tapes");
+        s.keep_tapes(2 * size + size / 2);
+        assert!(s.wants_tapes());
+        s.put_tape(1, tape(100));
+        s.put_tape(2, tape(100));
+        s.put_tape(3, tape(100));
+        assert!(s.take_tape(3).is_none(), "over the budget");
+        // A replacement that would go over the budget keeps the old tape.
+        s.put_tape(2, tape(101));
+        assert_eq!(s.take_tape(2).map(|t| t.len), Some(100));
+        assert!(s.take_tape(2).is_none(), "taken once");
+        s.write_page(1, "[]").unwrap();
+        s.remove_page(1);
+        assert!(s.take_tape(1).is_none(), "dropped with its page");
+        assert_eq!(s.inner.tapes.lock().unwrap().used, 0);
+        s.put_tape(4, tape(10));
+        s.keep_tapes(0);
+        assert!(s.take_tape(4).is_none() && !s.wants_tapes());
+        assert_eq!(s.inner.tapes.lock().unwrap().used, 0);
     }
 
     #[test]

@@ -69,7 +69,12 @@ impl Tape {
     /// Records one entry: its key's number and its raw value (a slice of the page
     /// the tape is made of, at `base`).
     #[inline]
-    pub fn push(&mut self, base: &str, key: usize, raw: &str) {
+    pub(crate) fn push(&mut self, base: &str, key: usize, raw: &str) {
+        debug_assert!(
+            raw.as_ptr() >= base.as_ptr()
+                && raw.as_ptr() as usize + raw.len() <= base.as_ptr() as usize + base.len(),
+            "a value outside its page"
+        );
         let at = raw.as_ptr() as usize - base.as_ptr() as usize;
         self.key_of.push(key as u32);
         self.spans.push((at as u32, (at + raw.len()) as u32));
@@ -82,7 +87,8 @@ impl Tape {
 
     /// Memory held.
     pub fn heap_bytes(&self) -> usize {
-        self.records.capacity() * 4
+        std::mem::size_of::<Tape>()
+            + self.records.capacity() * 4
             + self.key_of.capacity() * 4
             + self.spans.capacity() * 8
             + self.keys.iter().map(|k| k.capacity() + 24).sum::<usize>()
