@@ -1761,6 +1761,47 @@ mod tests {
         );
     }
 
+    /// Batches are decoded ahead while the worker has caught up with the groups
+    /// handed to it, and not while it still encodes one.
+    #[test]
+    fn batches_are_decoded_ahead_only_while_the_worker_has_caught_up() {
+        let dir = tempfile::tempdir().unwrap();
+        let spool = Spool::create(dir.path().join("spool")).unwrap();
+        let spill = SpillFile::create(&dir.path().join("spill.bin")).unwrap();
+        let encoder = GroupEncoder::new(
+            crate::sink::writer_props(&ParquetOptions::default()).unwrap(),
+            SpillFactory(spill),
+        );
+        let mut early =
+            EarlyGroups::start(encoder, spool.clone(), 64, 32, DetectOptions::default());
+        let page = r#"[{"a":1,"s":"x"}]"#;
+        let mut inf = crate::schema::Inferrer::default();
+        let mut rows = Vec::new();
+        for p in 1..=8u64 {
+            let (r, i, _) = fetch::process_array(&spool, "", p, page, true).unwrap();
+            inf.merge(i);
+            rows.push(r);
+        }
+        early.on_prefix(8, &inf, &rows);
+        assert!(
+            early.pre.lock().contains_key(&1),
+            "caught up: pages 1-8 decoded ahead"
+        );
+        // As if the worker were still encoding a group handed to it.
+        early.sent = 1;
+        for p in 9..=16u64 {
+            let (r, i, _) = fetch::process_array(&spool, "", p, page, true).unwrap();
+            inf.merge(i);
+            rows.push(r);
+        }
+        early.decode_ahead(16, &inf);
+        assert!(
+            !early.pre.lock().contains_key(&9),
+            "busy: pages 9-16 left to the worker"
+        );
+        early.sent = 0;
+    }
+
     /// A row group that needs a batch being decoded waits for it; a queued one it
     /// takes over (the queued decode then does nothing).
     #[test]
