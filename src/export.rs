@@ -1728,18 +1728,24 @@ mod tests {
         }
     }
 
+    /// A spool and a row-group encoder in `dir`.
+    fn spool_and_encoder(dir: &std::path::Path) -> (Spool, GroupEncoder) {
+        let spool = Spool::create(dir.join("spool")).unwrap();
+        let spill = SpillFile::create(&dir.join("spill.bin")).unwrap();
+        let encoder = GroupEncoder::new(
+            crate::sink::writer_props(&ParquetOptions::default()).unwrap(),
+            SpillFactory(spill),
+        );
+        (spool, encoder)
+    }
+
     /// While row groups are encoded early, each page processed keeps its tape and
     /// the conversion takes it (the batch is the one scanning builds); once early
     /// row groups end, tapes are off.
     #[test]
     fn early_row_groups_keep_tapes_that_the_conversion_takes() {
         let dir = tempfile::tempdir().unwrap();
-        let spool = Spool::create(dir.path().join("spool")).unwrap();
-        let spill = SpillFile::create(&dir.path().join("spill.bin")).unwrap();
-        let encoder = GroupEncoder::new(
-            crate::sink::writer_props(&ParquetOptions::default()).unwrap(),
-            SpillFactory(spill),
-        );
+        let (spool, encoder) = spool_and_encoder(dir.path());
         let early = EarlyGroups::start(encoder, spool.clone(), 10, 4, DetectOptions::default());
         assert!(spool.wants_tapes());
         let page = r#"[{"a":1,"s":"x\"y"},{"s":"z","a":2,"d":"2024-01-02"}]"#;
@@ -1766,12 +1772,7 @@ mod tests {
     #[test]
     fn batches_are_decoded_ahead_only_while_the_worker_has_caught_up() {
         let dir = tempfile::tempdir().unwrap();
-        let spool = Spool::create(dir.path().join("spool")).unwrap();
-        let spill = SpillFile::create(&dir.path().join("spill.bin")).unwrap();
-        let encoder = GroupEncoder::new(
-            crate::sink::writer_props(&ParquetOptions::default()).unwrap(),
-            SpillFactory(spill),
-        );
+        let (spool, encoder) = spool_and_encoder(dir.path());
         let mut early =
             EarlyGroups::start(encoder, spool.clone(), 64, 32, DetectOptions::default());
         let page = r#"[{"a":1,"s":"x"}]"#;

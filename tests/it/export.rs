@@ -398,17 +398,45 @@ fn row_groups_encoded_early_are_completed_for_the_final_schema() {
         .all(|g| g.num_columns() == a.columns.len()));
 }
 
+/// `pages` record arrays of 100 records each, `record(i)` the i-th record.
+fn pages_of(pages: u64, record: impl Fn(u64) -> String) -> Vec<String> {
+    (0..pages)
+        .map(|p| {
+            let recs: Vec<String> = (p * 100..(p + 1) * 100).map(&record).collect();
+            format!("[{}]", recs.join(","))
+        })
+        .collect()
+}
+
+/// `pages_to_parquet` with row groups of `group_rows` rows: the schema, and the
+/// file's batches read back.
+fn to_parquet(
+    pages: &[String],
+    group_rows: usize,
+) -> (jdop::schema::InferredSchema, Vec<arrow_array::RecordBatch>) {
+    let dir = tempfile::tempdir().unwrap();
+    let opts = jdop::sink::ParquetOptions {
+        row_group_rows: group_rows,
+        ..Default::default()
+    };
+    let (schema, files) =
+        jdop::export::pages_to_parquet(pages, dir.path(), &opts, &Default::default(), 100).unwrap();
+    let file = std::fs::File::open(dir.path().join(&files[0].path)).unwrap();
+    let batches = parquet::arrow::arrow_reader::ParquetRecordBatchReaderBuilder::try_new(file)
+        .unwrap()
+        .build()
+        .unwrap()
+        .map(Result::unwrap)
+        .collect();
+    (schema, batches)
+}
+
 /// The library's pages -> Parquet path (benchmarks use it): row groups encoded as
 /// pages come in, the late key and the changed type completed at the end.
 #[test]
 fn pages_to_parquet_writes_every_record() {
     let spec = credit(2500, Typing::Typed);
-    let pages: Vec<String> = (0..25u64)
-        .map(|p| {
-            let recs: Vec<String> = (p * 100..(p + 1) * 100).map(|i| spec.record(i)).collect();
-            format!("[{}]", recs.join(","))
-        })
-        .collect();
+    let pages = pages_of(25, |i| spec.record(i));
     let dir = tempfile::tempdir().unwrap();
     let opts = jdop::sink::ParquetOptions {
         row_group_rows: 300,
@@ -515,21 +543,9 @@ fn batches_decoded_ahead_follow_schema_changes_inside_a_row_group() {
         };
         format!(r#"{{"id":{i},"n":{n},"d":"{d}","z":{z}{late}}}"#)
     };
-    let pages: Vec<String> = (0..60u64)
-        .map(|p| {
-            let recs: Vec<String> = (p * 100..(p + 1) * 100).map(record).collect();
-            format!("[{}]", recs.join(","))
-        })
-        .collect();
+    let pages = pages_of(60, record);
     for group_rows in [6_000, 2_400] {
-        let dir = tempfile::tempdir().unwrap();
-        let opts = jdop::sink::ParquetOptions {
-            row_group_rows: group_rows,
-            ..Default::default()
-        };
-        let (schema, files) =
-            jdop::export::pages_to_parquet(&pages, dir.path(), &opts, &Default::default(), 100)
-                .unwrap();
+        let (schema, batches) = to_parquet(&pages, group_rows);
         let types: Vec<String> = schema
             .columns
             .iter()
@@ -539,14 +555,8 @@ fn batches_decoded_ahead_follow_schema_changes_inside_a_row_group() {
             types,
             ["id:Int64", "n:Float64", "d:Utf8", "z:Int64", "late:Utf8"]
         );
-        let file = std::fs::File::open(dir.path().join(&files[0].path)).unwrap();
-        let reader = parquet::arrow::arrow_reader::ParquetRecordBatchReaderBuilder::try_new(file)
-            .unwrap()
-            .build()
-            .unwrap();
         let mut i = 0u64;
-        for b in reader {
-            let b = b.unwrap();
+        for b in batches {
             let col = |name: &str| b.column(b.schema().index_of(name).unwrap()).clone();
             let (id, n, d, z, late) = (col("id"), col("n"), col("d"), col("z"), col("late"));
             let id = id.as_primitive::<arrow_array::types::Int64Type>();
@@ -586,38 +596,18 @@ fn batches_decoded_ahead_follow_schema_changes_inside_a_row_group() {
 fn a_key_first_seen_inside_a_row_group_is_null_before_it() {
     use arrow_array::cast::AsArray;
     use arrow_array::Array;
-    let pages: Vec<String> = (0..60u64)
-        .map(|p| {
-            let recs: Vec<String> = (p * 100..(p + 1) * 100)
-                .map(|i| {
-                    let late = if p >= 30 {
-                        format!(r#","late":"L{i}""#)
-                    } else {
-                        String::new()
-                    };
-                    format!(r#"{{"id":{i},"s":"S{i}"{late}}}"#)
-                })
-                .collect();
-            format!("[{}]", recs.join(","))
-        })
-        .collect();
-    for group_rows in [6_000, 2_400] {
-        let dir = tempfile::tempdir().unwrap();
-        let opts = jdop::sink::ParquetOptions {
-            row_group_rows: group_rows,
-            ..Default::default()
+    let pages = pages_of(60, |i| {
+        let late = if i >= 3000 {
+            format!(r#","late":"L{i}""#)
+        } else {
+            String::new()
         };
-        let (_, files) =
-            jdop::export::pages_to_parquet(&pages, dir.path(), &opts, &Default::default(), 100)
-                .unwrap();
-        let file = std::fs::File::open(dir.path().join(&files[0].path)).unwrap();
-        let reader = parquet::arrow::arrow_reader::ParquetRecordBatchReaderBuilder::try_new(file)
-            .unwrap()
-            .build()
-            .unwrap();
+        format!(r#"{{"id":{i},"s":"S{i}"{late}}}"#)
+    });
+    for group_rows in [6_000, 2_400] {
+        let (_, batches) = to_parquet(&pages, group_rows);
         let mut i = 0u64;
-        for b in reader {
-            let b = b.unwrap();
+        for b in batches {
             assert_eq!(b.num_columns(), 3);
             let id = b.column(0).as_primitive::<arrow_array::types::Int64Type>();
             let (s, late) = (
