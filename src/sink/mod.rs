@@ -99,28 +99,114 @@ enum Hashing {
     Aside(Aside),
 }
 
-/// Written in chunks of `cap` bytes, each one's writeback to disk started at once
-/// and its hash computed on a thread of its own while the next one fills.
+/// Written in chunks of `cap` bytes, each one's hash computed on a thread of its
+/// own while the next one fills. Where the file system takes it (Linux), the
+/// chunks are written with direct I/O, from buffers recycled by the hashing
+/// thread: a large file written once and read by others later has no use for
+/// the page cache, and filling fresh page-cache pages is what costs most when
+/// memory is cold (on virtual machines that hand freed memory back to their host
+/// it ran at 0.4 GB/s here, against 2 GB/s written directly). Elsewhere, and when
+/// the file system refuses direct I/O, each chunk's writeback to disk is started
+/// at once, so the final sync has less to wait for.
 struct Aside {
     file: File,
-    buf: Vec<u8>,
+    path: PathBuf,
+    direct: bool,
+    buf: AlignedBuf,
     cap: usize,
     /// Bytes written to `file` so far.
     at: u64,
-    tx: Option<std::sync::mpsc::SyncSender<Vec<u8>>>,
+    tx: Option<std::sync::mpsc::SyncSender<AlignedBuf>>,
+    /// Buffers the hashing thread is done with.
+    back: std::sync::mpsc::Receiver<AlignedBuf>,
     worker: Option<std::thread::JoinHandle<Sha256>>,
 }
 
+/// The block size direct I/O is aligned to (a multiple of every device's).
+const DIRECT_ALIGN: usize = 4096;
+
+/// A buffer whose bytes start on a [`DIRECT_ALIGN`] boundary, as direct I/O needs.
+struct AlignedBuf {
+    mem: Vec<u8>,
+    start: usize,
+    len: usize,
+}
+
+impl AlignedBuf {
+    fn new(cap: usize) -> AlignedBuf {
+        let mem = vec![0u8; cap + DIRECT_ALIGN];
+        let addr = mem.as_ptr() as usize;
+        let start = (DIRECT_ALIGN - addr % DIRECT_ALIGN) % DIRECT_ALIGN;
+        AlignedBuf { mem, start, len: 0 }
+    }
+
+    fn room(&self) -> usize {
+        self.mem.len() - DIRECT_ALIGN - self.len
+    }
+
+    fn push(&mut self, data: &[u8]) {
+        let at = self.start + self.len;
+        self.mem[at..at + data.len()].copy_from_slice(data);
+        self.len += data.len();
+    }
+
+    fn bytes(&self) -> &[u8] {
+        &self.mem[self.start..self.start + self.len]
+    }
+
+    /// The bytes, zero-padded to whole blocks (the end of a file written directly,
+    /// cut back to its length afterwards).
+    fn padded(&mut self) -> &[u8] {
+        let end = self.start + self.len.next_multiple_of(DIRECT_ALIGN);
+        self.mem[self.start + self.len..end].fill(0);
+        &self.mem[self.start..end]
+    }
+}
+
 impl Aside {
-    /// Writes the chunk, starts its writeback, hands it to the hasher.
-    fn flush_chunk(&mut self) -> std::io::Result<()> {
-        if self.buf.is_empty() {
+    /// Writes the chunk (the file's last if `last`) and hands it to the hasher.
+    fn flush_chunk(&mut self, last: bool) -> std::io::Result<()> {
+        use std::os::unix::fs::FileExt;
+        if self.buf.len == 0 {
             return Ok(());
         }
-        self.file.write_all(&self.buf)?;
-        start_writeback(&self.file, self.at, self.buf.len() as u64);
-        self.at += self.buf.len() as u64;
-        let chunk = std::mem::replace(&mut self.buf, Vec::with_capacity(self.cap));
+        let len = self.buf.len as u64;
+        let mut written = false;
+        if self.direct {
+            // Whole chunks are whole blocks; the last is padded, then cut back.
+            let data = if last {
+                self.buf.padded()
+            } else {
+                self.buf.bytes()
+            };
+            match self.file.write_all_at(data, self.at) {
+                Ok(()) => {
+                    written = true;
+                    if last && data.len() as u64 != len {
+                        self.file.set_len(self.at + len)?;
+                    }
+                }
+                // Direct I/O refused (some file systems): the page cache from here.
+                Err(e) if e.raw_os_error() == Some(libc::EINVAL) => {
+                    self.file = std::fs::OpenOptions::new().write(true).open(&self.path)?;
+                    self.direct = false;
+                }
+                Err(e) => return Err(e),
+            }
+        }
+        if !written {
+            self.file.write_all_at(self.buf.bytes(), self.at)?;
+            start_writeback(&self.file, self.at, len);
+        }
+        self.at += len;
+        let next = match self.back.try_recv() {
+            Ok(mut b) => {
+                b.len = 0;
+                b
+            }
+            Err(_) => AlignedBuf::new(self.cap),
+        };
+        let chunk = std::mem::replace(&mut self.buf, next);
         match &self.tx {
             Some(tx) => tx
                 .send(chunk)
@@ -128,6 +214,28 @@ impl Aside {
             None => Ok(()),
         }
     }
+}
+
+/// Opens `path` for writing with direct I/O where the system has it; `false` if
+/// it was opened without.
+fn create_direct(path: &Path, direct: bool) -> std::io::Result<(File, bool)> {
+    #[cfg(target_os = "linux")]
+    if direct {
+        use std::os::unix::fs::OpenOptionsExt;
+        let opened = std::fs::OpenOptions::new()
+            .write(true)
+            .create(true)
+            .truncate(true)
+            .custom_flags(libc::O_DIRECT)
+            .open(path);
+        match opened {
+            Ok(f) => return Ok((f, true)),
+            Err(e) if e.raw_os_error() == Some(libc::EINVAL) => {}
+            Err(e) => return Err(e),
+        }
+    }
+    let _ = direct;
+    Ok((File::create(path)?, false))
 }
 
 /// Chunk size of [`HashingFile::create_hashed_aside`].
@@ -154,14 +262,22 @@ impl HashingFile {
     /// its own and writeback started as each chunk is written take the sha256 and
     /// most of the final sync off the export's last moments.
     pub fn create_hashed_aside(path: &Path) -> Result<HashingFile> {
-        let file = File::create(path).map_err(|e| Error::io("create", path, e))?;
-        let (tx, rx) = std::sync::mpsc::sync_channel::<Vec<u8>>(2);
+        HashingFile::create_aside(path, true)
+    }
+
+    fn create_aside(path: &Path, direct: bool) -> Result<HashingFile> {
+        let (file, direct) =
+            create_direct(path, direct).map_err(|e| Error::io("create", path, e))?;
+        let (tx, rx) = std::sync::mpsc::sync_channel::<AlignedBuf>(2);
+        let (back_tx, back) = std::sync::mpsc::sync_channel::<AlignedBuf>(4);
         let worker = std::thread::Builder::new()
             .name("jdop-sha256".into())
             .spawn(move || {
                 let mut hasher = Sha256::new();
                 for chunk in rx {
-                    hasher.update(&chunk);
+                    hasher.update(chunk.bytes());
+                    // Back for reuse: its memory is already the process's.
+                    let _ = back_tx.try_send(chunk);
                 }
                 hasher
             })
@@ -169,10 +285,13 @@ impl HashingFile {
         Ok(HashingFile {
             hashing: Hashing::Aside(Aside {
                 file,
-                buf: Vec::with_capacity(ASIDE_CHUNK),
+                path: path.to_path_buf(),
+                direct,
+                buf: AlignedBuf::new(ASIDE_CHUNK),
                 cap: ASIDE_CHUNK,
                 at: 0,
                 tx: Some(tx),
+                back,
                 worker: Some(worker),
             }),
             bytes: 0,
@@ -195,7 +314,8 @@ impl HashingFile {
                 (f, hasher)
             }
             Hashing::Aside(mut a) => {
-                a.flush_chunk().map_err(|e| Error::io("write", &path, e))?;
+                a.flush_chunk(true)
+                    .map_err(|e| Error::io("write", &path, e))?;
                 drop(a.tx.take());
                 let hasher =
                     a.worker.take().and_then(|w| w.join().ok()).ok_or_else(|| {
@@ -239,10 +359,10 @@ impl Write for HashingFile {
                 n
             }
             Hashing::Aside(a) => {
-                let n = data.len().min(a.cap - a.buf.len());
-                a.buf.extend_from_slice(&data[..n]);
-                if a.buf.len() == a.cap {
-                    a.flush_chunk()?;
+                let n = data.len().min(a.buf.room());
+                a.buf.push(&data[..n]);
+                if a.buf.room() == 0 {
+                    a.flush_chunk(false)?;
                 }
                 n
             }
@@ -313,20 +433,27 @@ mod tests {
             3 * ASIDE_CHUNK + 77,
         ] {
             let data: Vec<u8> = (0..len).map(|i| (i * 7 % 251) as u8).collect();
-            let p = dir.path().join(format!("x{len}"));
-            let mut w = HashingFile::create_hashed_aside(&p).unwrap();
-            let mut rest = &data[..];
-            let mut step = 1;
-            while !rest.is_empty() {
-                let n = step.min(rest.len());
-                w.write_all(&rest[..n]).unwrap();
-                rest = &rest[n..];
-                step = step * 3 + 1;
+            for direct in [true, false] {
+                let p = dir.path().join(format!("x{len}-{direct}"));
+                let mut w = HashingFile::create_aside(&p, direct).unwrap();
+                let Hashing::Aside(a) = &w.hashing else {
+                    unreachable!()
+                };
+                // Direct I/O where the test's file system takes it (Linux, not tmpfs).
+                assert!(direct || !a.direct);
+                let mut rest = &data[..];
+                let mut step = 1;
+                while !rest.is_empty() {
+                    let n = step.min(rest.len());
+                    w.write_all(&rest[..n]).unwrap();
+                    rest = &rest[n..];
+                    step = step * 3 + 1;
+                }
+                let (bytes, sha) = w.finish().unwrap();
+                assert_eq!(bytes, len as u64);
+                assert_eq!(std::fs::read(&p).unwrap(), data);
+                assert_eq!(sha, sha256_file(&p).unwrap(), "{len} bytes");
             }
-            let (bytes, sha) = w.finish().unwrap();
-            assert_eq!(bytes, len as u64);
-            assert_eq!(std::fs::read(&p).unwrap(), data);
-            assert_eq!(sha, sha256_file(&p).unwrap(), "{len} bytes");
         }
     }
 
