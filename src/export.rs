@@ -131,7 +131,7 @@ pub async fn export(cfg: &ExportConfig, reporter: Arc<dyn Reporter>) -> Result<S
         ))
     })
     .transpose()?;
-    let mut groups: Vec<Option<EncodedGroup>>;
+    let mut groups: Option<EncodedGroups>;
     let mut pass_encoder: Option<GroupEncoder>;
     let mut total_before = total_before;
     let mut date_before = date_before;
@@ -202,14 +202,9 @@ pub async fn export(cfg: &ExportConfig, reporter: Arc<dyn Reporter>) -> Result<S
             .await?
         };
         let fetch_done = clock.elapsed();
-        // Waiting for the worker's last row groups must not block this thread (in
-        // `jdop sync` it drives the other datasets' requests too).
-        groups = match early {
-            Some(e) => tokio::task::spawn_blocking(move || e.finish())
-                .await
-                .unwrap_or_default(),
-            None => Vec::new(),
-        };
+        // The worker goes on with the last row groups while the totals are checked;
+        // the file's assembly takes each group as soon as it is done.
+        groups = early.map(EarlyGroups::finish);
         if let Some(m) = refuted {
             let (sp, ds, empty_ok) = (spool.clone(), dataset.clone(), cfg.detect.empty_as_null);
             let e = fetch::on_rayon(move || mismatch_error(&sp, &ds, pages, m, empty_ok)).await?;
@@ -217,9 +212,8 @@ pub async fn export(cfg: &ExportConfig, reporter: Arc<dyn Reporter>) -> Result<S
             return Err(e);
         }
         tracing::debug!(
-            "pass {attempts}: pages in at {:.2}s, early row groups done at {:.2}s",
+            "pass {attempts}: pages in at {:.2}s",
             fetch_done.as_secs_f64(),
-            clock.elapsed().as_secs_f64()
         );
         pages_reused += fetched.reused;
         let (total_after, date_after) =
@@ -386,7 +380,9 @@ pub async fn export(cfg: &ExportConfig, reporter: Arc<dyn Reporter>) -> Result<S
         dir: staging.snapshot(),
         reporter: reporter.clone(),
         early: std::sync::Mutex::new(
-            pass_encoder.map(|e| (e, groups, group_pages, fetched.page_rows.clone())),
+            pass_encoder
+                .zip(groups)
+                .map(|(e, g)| (e, g, group_pages, fetched.page_rows.clone())),
         ),
     };
     let files = match tokio::task::spawn_blocking(move || job.run())
@@ -863,14 +859,55 @@ struct WriteJob {
     early: std::sync::Mutex<Option<EarlyParts>>,
 }
 
-type EarlyParts = (GroupEncoder, Vec<Option<EncodedGroup>>, u64, Vec<u32>);
+type EarlyParts = (GroupEncoder, EncodedGroups, u64, Vec<u32>);
+
+/// The row groups encoded early, taken in order by the file's assembly as the
+/// worker finishes them: once the last page is in, the earlier groups are
+/// assembled while the worker still encodes the last ones. Dropped before the
+/// worker is done (an error, a pass started over), it stops the worker after its
+/// current group, without waiting for it.
+struct EncodedGroups {
+    done: Option<std::sync::mpsc::Receiver<(usize, Option<EncodedGroup>)>>,
+    /// Groups received, by index (`Some(None)`: left for the end).
+    got: Vec<Option<Option<EncodedGroup>>>,
+    cancel: Arc<std::sync::atomic::AtomicBool>,
+    spool: Spool,
+}
+
+impl EncodedGroups {
+    /// Row group `k` once the worker is done with it; `None` if it was left for
+    /// the end (or never handed to the worker).
+    fn take(&mut self, k: usize) -> Option<EncodedGroup> {
+        while self.got.get(k).is_none_or(Option::is_none) {
+            match self.done.as_ref().and_then(|rx| rx.recv().ok()) {
+                Some((i, group)) => {
+                    if self.got.len() <= i {
+                        self.got.resize_with(i + 1, || None);
+                    }
+                    self.got[i] = Some(group);
+                }
+                // The worker is gone: nothing more comes.
+                None => break,
+            }
+        }
+        self.got.get_mut(k).and_then(Option::take).flatten()
+    }
+}
+
+impl Drop for EncodedGroups {
+    fn drop(&mut self) {
+        self.cancel.store(true, Ordering::Relaxed);
+        self.spool.keep_tapes(0);
+    }
+}
 
 /// Row groups encoded while the fetch goes on, on a thread of their own: each as
 /// soon as its pages and every page before them are in, under the schema of
 /// those pages (see [`crate::sink::assemble`]).
 struct EarlyGroups {
     tx: Option<std::sync::mpsc::Sender<GroupJob>>,
-    worker: Option<std::thread::JoinHandle<Vec<Option<EncodedGroup>>>>,
+    /// Row groups as the worker finishes them (see [`EncodedGroups`]).
+    done: Option<std::sync::mpsc::Receiver<(usize, Option<EncodedGroup>)>>,
     pages: u64,
     group_pages: u64,
     sent: u64,
@@ -976,8 +1013,11 @@ impl Predecoded {
 
 impl Drop for EarlyGroups {
     fn drop(&mut self) {
-        self.cancel.store(true, Ordering::Relaxed);
-        self.spool.keep_tapes(0);
+        // Handed on by `finish`: the worker goes on.
+        if self.done.is_some() {
+            self.cancel.store(true, Ordering::Relaxed);
+            self.spool.keep_tapes(0);
+        }
     }
 }
 
@@ -1002,6 +1042,7 @@ impl EarlyGroups {
         detect: DetectOptions,
     ) -> EarlyGroups {
         let (tx, rx) = std::sync::mpsc::channel::<GroupJob>();
+        let (done_tx, done) = std::sync::mpsc::channel::<(usize, Option<EncodedGroup>)>();
         let cancel = Arc::new(std::sync::atomic::AtomicBool::new(false));
         let stop = cancel.clone();
         let pre = Arc::new(Predecoded::default());
@@ -1009,7 +1050,6 @@ impl EarlyGroups {
         let worker = std::thread::Builder::new()
             .name("jdop-row-groups".into())
             .spawn(move || {
-                let mut out: Vec<Option<EncodedGroup>> = Vec::new();
                 for job in rx {
                     if stop.load(Ordering::Relaxed) {
                         break;
@@ -1027,12 +1067,10 @@ impl EarlyGroups {
                     worker_pre
                         .groups_done
                         .store(index as u64 + 1, Ordering::Release);
-                    if out.len() <= index {
-                        out.resize_with(index + 1, || None);
+                    if done_tx.send((index, group)).is_err() {
+                        break;
                     }
-                    out[index] = group;
                 }
-                out
             })
             .ok();
         if worker.is_some() {
@@ -1042,7 +1080,7 @@ impl EarlyGroups {
         }
         EarlyGroups {
             tx: worker.as_ref().map(|_| tx),
-            worker,
+            done: Some(done),
             pages,
             group_pages,
             sent: 0,
@@ -1150,13 +1188,16 @@ impl EarlyGroups {
         self.on_prefix(n, inf, rows);
     }
 
-    fn finish(mut self) -> Vec<Option<EncodedGroup>> {
+    /// No more row groups: the worker ends once those handed over are done, and
+    /// the file's assembly takes them as they come.
+    fn finish(mut self) -> EncodedGroups {
         drop(self.tx.take());
-        // Not cancelled: the worker ends once the queued row groups are done.
-        self.worker
-            .take()
-            .and_then(|w| w.join().ok())
-            .unwrap_or_default()
+        EncodedGroups {
+            done: self.done.take(),
+            got: Vec::new(),
+            cancel: self.cancel.clone(),
+            spool: self.spool.clone(),
+        }
     }
 }
 
@@ -1266,7 +1307,7 @@ impl WriteJob {
     fn assemble(
         &self,
         encoder: GroupEncoder,
-        mut groups: Vec<Option<EncodedGroup>>,
+        mut groups: EncodedGroups,
         group_pages: u64,
         page_rows: &[u32],
     ) -> Result<Vec<FileEntry>> {
@@ -1284,8 +1325,8 @@ impl WriteJob {
         let props = crate::sink::writer_props(&self.parquet)?;
         let mut asm = Assembler::new(file, &schema, &props).map_err(werr)?;
         let n_groups = self.pages.div_ceil(group_pages);
-        groups.resize_with(n_groups as usize, || None);
-        for (k, group) in groups.into_iter().enumerate() {
+        for k in 0..n_groups as usize {
+            let group = groups.take(k);
             let first = k as u64 * group_pages + 1;
             let last = ((k as u64 + 1) * group_pages).min(self.pages);
             let rows: usize = page_rows[(first - 1) as usize..last as usize]
@@ -1805,6 +1846,47 @@ mod tests {
 
     /// A row group that needs a batch being decoded waits for it; a queued one it
     /// takes over (the queued decode then does nothing).
+    /// The assembly takes each row group as soon as the worker sends it, in any
+    /// order, without waiting for the worker to end; a group never sent is
+    /// `None` once the worker is gone.
+    #[test]
+    fn encoded_groups_are_taken_as_they_come() {
+        let dir = tempfile::tempdir().unwrap();
+        let (spool, _) = spool_and_encoder(dir.path());
+        let (tx, rx) = std::sync::mpsc::channel();
+        let mut groups = EncodedGroups {
+            done: Some(rx),
+            got: Vec::new(),
+            cancel: Arc::new(std::sync::atomic::AtomicBool::new(false)),
+            spool,
+        };
+        let group = |rows| EncodedGroup {
+            schema: Arc::new(arrow_schema::Schema::empty()),
+            rows,
+            fields: Vec::new(),
+        };
+        tx.send((1, Some(group(11)))).unwrap();
+        tx.send((0, Some(group(10)))).unwrap();
+        // The worker is still there (`tx` alive): taking group 0 does not wait for it.
+        let (got_tx, got_rx) = std::sync::mpsc::channel();
+        let taker = std::thread::spawn(move || {
+            let first = groups.take(0).map(|g| g.rows);
+            got_tx.send(first).unwrap();
+            let second = groups.take(1).map(|g| g.rows);
+            (groups, second)
+        });
+        let first = got_rx.recv_timeout(std::time::Duration::from_secs(10));
+        assert_eq!(first, Ok(Some(10)), "group 0 taken while the worker runs");
+        let (mut groups, second) = taker.join().unwrap();
+        assert_eq!(second, Some(11));
+        tx.send((3, None)).unwrap();
+        drop(tx);
+        assert!(groups.take(2).is_none(), "never sent");
+        assert!(groups.take(3).is_none(), "left for the end");
+        assert!(groups.take(1).is_none(), "taken once");
+        drop(groups);
+    }
+
     #[test]
     fn taking_a_batch_waits_for_a_running_decode_and_takes_over_a_queued_one() {
         let dir = tempfile::tempdir().unwrap();
