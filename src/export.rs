@@ -384,6 +384,8 @@ pub async fn export(cfg: &ExportConfig, reporter: Arc<dyn Reporter>) -> Result<S
                 .zip(groups)
                 .map(|(e, g)| (e, g, group_pages, fetched.page_rows.clone())),
         ),
+        // Kept until the snapshot is published: a failed write resumes from it.
+        release_spool: false,
     };
     let files = match tokio::task::spawn_blocking(move || job.run())
         .await
@@ -518,6 +520,8 @@ pub fn pages_to_parquet<S: AsRef<str> + Send + Sync>(
             dir: dir.to_path_buf(),
             reporter: Arc::new(crate::progress::Silent),
             early: std::sync::Mutex::new(Some((encoder, groups, group_pages, rows))),
+            // A temporary folder: nothing resumes from it.
+            release_spool: true,
         };
         let files = job.run()?;
         Ok((schema, files))
@@ -857,6 +861,9 @@ struct WriteJob {
     /// One Parquet file from row groups encoded during the fetch: the encoder, the
     /// groups, pages per group, rows per page.
     early: std::sync::Mutex<Option<EarlyParts>>,
+    /// Whether the spool may be let go before the file is finished (not when a
+    /// later run may resume from it).
+    release_spool: bool,
 }
 
 type EarlyParts = (GroupEncoder, EncodedGroups, u64, Vec<u32>);
@@ -1328,6 +1335,7 @@ impl WriteJob {
         let props = crate::sink::writer_props(&self.parquet)?;
         let mut asm = Assembler::new(file, &schema, &props).map_err(werr)?;
         let n_groups = self.pages.div_ceil(group_pages);
+        let mut released = None;
         for k in 0..n_groups as usize {
             let group = groups.take(k);
             let first = k as u64 * group_pages + 1;
@@ -1351,10 +1359,19 @@ impl WriteJob {
                     })
                     .collect())
             })?;
+            if k + 1 == n_groups as usize && self.release_spool {
+                // No page is read again: the spool's cached pages are let go on
+                // a thread of their own while the file is finished.
+                let spool = self.spool.clone();
+                released = Some(std::thread::spawn(move || spool.release()));
+            }
             asm.push(fields).map_err(werr)?;
             self.reporter.on_written(rows as u64);
         }
         let (bytes, sha256) = asm.finish().map_err(werr)?.finish()?;
+        if let Some(Ok(Err(e))) = released.map(|t| t.join()) {
+            tracing::debug!("letting the spool go: {e}");
+        }
         Ok(vec![FileEntry {
             path: name,
             rows: page_rows.iter().map(|&r| r as u64).sum(),

@@ -193,6 +193,15 @@ impl Spool {
         read_exact_at_uninit(&self.inner.data, len as usize, at)
     }
 
+    /// Lets every page go, and the file's cached pages with them (truncating a
+    /// few hundred MB of them takes tens of ms), for a spool nothing will read
+    /// again and nothing resumes from.
+    pub fn release(&self) -> std::io::Result<()> {
+        self.inner.pages.lock().expect("spool lock").clear();
+        self.keep_tapes(0);
+        self.inner.data.set_len(0)
+    }
+
     /// Forgets a page (a damaged one, fetched again).
     pub fn remove_page(&self, page: u64) {
         self.inner.pages.lock().expect("spool lock").remove(&page);
@@ -309,6 +318,30 @@ mod tests {
 
     /// Tapes are kept within the budget, replaced, taken once, dropped with their
     /// page and all dropped when tapes are turned off; the accounting ends at 0.
+    /// A released spool holds nothing: its file is empty, its pages and tapes
+    /// gone, and a page asked for is an error, not stale bytes.
+    #[test]
+    fn a_released_spool_is_empty() {
+        let dir = tempfile::tempdir().unwrap();
+        let path = dir.path().join("spool");
+        let s = Spool::create(&path).unwrap();
+        s.keep_tapes(1 << 20);
+        s.write_page(1, "[1]").unwrap();
+        s.put_tape(1, Tape::default());
+        s.release().unwrap();
+        assert!(!s.has_page(1));
+        assert!(s.take_tape(1).is_none());
+        let e = s.read_page_bytes(1).unwrap_err();
+        assert_eq!(e.kind(), std::io::ErrorKind::NotFound);
+        assert_eq!(std::fs::metadata(path.join(DATA)).unwrap().len(), 0);
+        drop(s);
+        assert_eq!(
+            Spool::count(&path),
+            0,
+            "the index's line points past the file"
+        );
+    }
+
     #[test]
     fn tapes_are_kept_within_the_budget_and_taken_once() {
         let dir = tempfile::tempdir().unwrap();
