@@ -236,6 +236,11 @@ pub async fn export(cfg: &ExportConfig, reporter: Arc<dyn Reporter>) -> Result<S
             attempts,
             cfg.consistency_retries
         ));
+        // The pass's worker may still encode its queued row groups: it must be
+        // gone before the next pass reuses the staging folder.
+        if let Some(g) = groups.take() {
+            let _ = tokio::task::spawn_blocking(move || g.stop()).await;
+        }
         staging.clear_spool()?;
         total_before = total_after;
         date_before = date_after;
@@ -871,14 +876,16 @@ type EarlyParts = (GroupEncoder, EncodedGroups, u64, Vec<u32>);
 /// The row groups encoded early, taken in order by the file's assembly as the
 /// worker finishes them: once the last page is in, the earlier groups are
 /// assembled while the worker still encodes the last ones. Dropped before the
-/// worker is done (an error, a pass started over), it stops the worker after its
-/// current group, without waiting for it.
+/// worker is done (an error), it stops the worker after its current group,
+/// without waiting for it; a pass that starts over waits for it
+/// ([`EncodedGroups::stop`]).
 struct EncodedGroups {
     done: Option<std::sync::mpsc::Receiver<(usize, Option<EncodedGroup>)>>,
     /// Groups received, by index (`Some(None)`: left for the end).
     got: Vec<Option<Option<EncodedGroup>>>,
     cancel: Arc<std::sync::atomic::AtomicBool>,
     spool: Spool,
+    worker: Option<std::thread::JoinHandle<()>>,
 }
 
 impl EncodedGroups {
@@ -901,6 +908,19 @@ impl EncodedGroups {
     }
 }
 
+impl EncodedGroups {
+    /// Stops the worker after its current group and waits for it: nothing of
+    /// this pass touches the staging folder afterwards.
+    fn stop(mut self) {
+        self.cancel.store(true, Ordering::Relaxed);
+        // Its next send fails: it ends even with groups still queued.
+        drop(self.done.take());
+        if let Some(w) = self.worker.take() {
+            let _ = w.join();
+        }
+    }
+}
+
 impl Drop for EncodedGroups {
     fn drop(&mut self) {
         self.cancel.store(true, Ordering::Relaxed);
@@ -913,6 +933,7 @@ impl Drop for EncodedGroups {
 /// those pages (see [`crate::sink::assemble`]).
 struct EarlyGroups {
     tx: Option<std::sync::mpsc::Sender<GroupJob>>,
+    worker: Option<std::thread::JoinHandle<()>>,
     /// Row groups as the worker finishes them (see [`EncodedGroups`]).
     done: Option<std::sync::mpsc::Receiver<(usize, Option<EncodedGroup>)>>,
     pages: u64,
@@ -1090,6 +1111,7 @@ impl EarlyGroups {
         }
         EarlyGroups {
             tx: worker.as_ref().map(|_| tx),
+            worker,
             done: Some(done),
             pages,
             group_pages,
@@ -1207,6 +1229,7 @@ impl EarlyGroups {
             got: Vec::new(),
             cancel: self.cancel.clone(),
             spool: self.spool.clone(),
+            worker: self.worker.take(),
         }
     }
 }
@@ -1281,6 +1304,17 @@ fn encode_group(
         .map_err(|e| Error::Internal(e.to_string()))
 }
 
+/// A thread joined when this is dropped.
+struct JoinedOnDrop<T>(Option<std::thread::JoinHandle<T>>);
+
+impl<T> Drop for JoinedOnDrop<T> {
+    fn drop(&mut self) {
+        if let Some(t) = self.0.take() {
+            let _ = t.join();
+        }
+    }
+}
+
 /// Pages decoded into one batch (a few thousand rows).
 const PAGES_PER_BATCH: usize = 8;
 
@@ -1335,7 +1369,8 @@ impl WriteJob {
         let props = crate::sink::writer_props(&self.parquet)?;
         let mut asm = Assembler::new(file, &schema, &props).map_err(werr)?;
         let n_groups = self.pages.div_ceil(group_pages);
-        let mut released = None;
+        // Joined before returning, also on an error.
+        let mut released = JoinedOnDrop(None);
         for k in 0..n_groups as usize {
             let group = groups.take(k);
             let first = k as u64 * group_pages + 1;
@@ -1363,13 +1398,13 @@ impl WriteJob {
                 // No page is read again: the spool's cached pages are let go on
                 // a thread of their own while the file is finished.
                 let spool = self.spool.clone();
-                released = Some(std::thread::spawn(move || spool.release()));
+                released.0 = Some(std::thread::spawn(move || spool.release()));
             }
             asm.push(fields).map_err(werr)?;
             self.reporter.on_written(rows as u64);
         }
         let (bytes, sha256) = asm.finish().map_err(werr)?.finish()?;
-        if let Some(Ok(Err(e))) = released.map(|t| t.join()) {
+        if let Some(Ok(Err(e))) = released.0.take().map(|t| t.join()) {
             tracing::debug!("letting the spool go: {e}");
         }
         Ok(vec![FileEntry {
@@ -1864,8 +1899,6 @@ mod tests {
         early.sent = 0;
     }
 
-    /// A row group that needs a batch being decoded waits for it; a queued one it
-    /// takes over (the queued decode then does nothing).
     /// The assembly takes each row group as soon as the worker sends it, in any
     /// order, without waiting for the worker to end; a group never sent is
     /// `None` once the worker is gone.
@@ -1879,6 +1912,7 @@ mod tests {
             got: Vec::new(),
             cancel: Arc::new(std::sync::atomic::AtomicBool::new(false)),
             spool,
+            worker: None,
         };
         let group = |rows| EncodedGroup {
             schema: Arc::new(arrow_schema::Schema::empty()),
@@ -1907,6 +1941,45 @@ mod tests {
         drop(groups);
     }
 
+    /// Stopping the groups of a pass that starts over cancels the worker and
+    /// waits for it, even with groups still to send.
+    #[test]
+    fn stopped_groups_wait_for_their_worker() {
+        let dir = tempfile::tempdir().unwrap();
+        let (spool, _) = spool_and_encoder(dir.path());
+        let (tx, rx) = std::sync::mpsc::channel::<(usize, Option<EncodedGroup>)>();
+        let cancel = Arc::new(std::sync::atomic::AtomicBool::new(false));
+        let seen = cancel.clone();
+        let ended = Arc::new(std::sync::atomic::AtomicBool::new(false));
+        let ended_w = ended.clone();
+        let worker = std::thread::spawn(move || {
+            // A worker with endless groups: it ends when cancelled or unheard.
+            for i in 0.. {
+                if seen.load(Ordering::Relaxed) || tx.send((i, None)).is_err() {
+                    break;
+                }
+                std::thread::sleep(std::time::Duration::from_millis(1));
+            }
+            std::thread::sleep(std::time::Duration::from_millis(50));
+            ended_w.store(true, Ordering::Relaxed);
+        });
+        let groups = EncodedGroups {
+            done: Some(rx),
+            got: Vec::new(),
+            cancel: cancel.clone(),
+            spool,
+            worker: Some(worker),
+        };
+        groups.stop();
+        assert!(cancel.load(Ordering::Relaxed));
+        assert!(
+            ended.load(Ordering::Relaxed),
+            "stop returned before the worker ended"
+        );
+    }
+
+    /// A row group that needs a batch being decoded waits for it; a queued one it
+    /// takes over (the queued decode then does nothing).
     #[test]
     fn taking_a_batch_waits_for_a_running_decode_and_takes_over_a_queued_one() {
         let dir = tempfile::tempdir().unwrap();

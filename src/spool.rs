@@ -316,8 +316,6 @@ mod tests {
         assert_eq!(s.read_page_bytes(1).unwrap(), pages[0].as_bytes());
     }
 
-    /// Tapes are kept within the budget, replaced, taken once, dropped with their
-    /// page and all dropped when tapes are turned off; the accounting ends at 0.
     /// A released spool holds nothing: its file is empty, its pages and tapes
     /// gone, and a page asked for is an error, not stale bytes.
     #[test]
@@ -342,6 +340,8 @@ mod tests {
         );
     }
 
+    /// Tapes are kept within the budget, replaced, taken once, dropped with their
+    /// page and all dropped when tapes are turned off; the accounting ends at 0.
     #[test]
     fn tapes_are_kept_within_the_budget_and_taken_once() {
         let dir = tempfile::tempdir().unwrap();

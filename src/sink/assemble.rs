@@ -198,6 +198,12 @@ impl GroupEncoder {
     /// The same encoder for a new pass: no dictionary choice made yet, and an
     /// empty spill file (the earlier pass's row groups are dropped).
     pub fn fresh(&self) -> std::io::Result<GroupEncoder> {
+        // A new file, not the old one truncated: whatever still holds the old one
+        // cannot write into the new pass's.
+        match std::fs::remove_file(&self.spill.0.path) {
+            Err(e) if e.kind() != std::io::ErrorKind::NotFound => return Err(e),
+            _ => {}
+        }
         Ok(GroupEncoder {
             base: self.base.clone(),
             decided: Arc::new(OnceLock::new()),

@@ -16,6 +16,8 @@ pub use self::parquet::{writer_props, ParquetOptions, ParquetSink};
 use std::fs::File;
 use std::io::{BufWriter, Write};
 use std::path::{Path, PathBuf};
+use std::sync::atomic::{AtomicBool, Ordering};
+use std::sync::Arc;
 
 use serde::{Deserialize, Serialize};
 use sha2::{Digest, Sha256};
@@ -118,13 +120,30 @@ struct Aside {
     back: std::sync::mpsc::Receiver<AlignedBuf>,
     writer: Option<std::thread::JoinHandle<std::io::Result<File>>>,
     hasher: Option<std::thread::JoinHandle<Sha256>>,
+    /// Whether chunks are still written directly.
+    direct: Arc<AtomicBool>,
+}
+
+impl Drop for Aside {
+    /// Not finished (an error): the threads end once the chunks queued are
+    /// written, before the file is given up on.
+    fn drop(&mut self) {
+        drop(self.tx.take());
+        if let Some(w) = self.writer.take() {
+            let _ = w.join();
+        }
+        if let Some(h) = self.hasher.take() {
+            let _ = h.join();
+        }
+    }
 }
 
 /// The writing thread's end of [`Aside`].
 struct ChunkWriter {
     file: File,
     path: PathBuf,
-    direct: bool,
+    /// Shared with [`Aside`] (tests look at it).
+    direct: Arc<AtomicBool>,
     /// Bytes written to `file` so far.
     at: u64,
 }
@@ -138,20 +157,17 @@ impl ChunkWriter {
             return Ok(());
         }
         let mut written = false;
-        if self.direct {
+        if self.direct.load(Ordering::Relaxed) {
             // Whole chunks are whole blocks; the last is padded, then cut back.
             let data = if last { chunk.padded() } else { chunk.bytes() };
             match self.file.write_all_at(data, self.at) {
-                Ok(()) => {
-                    written = true;
-                    if last && data.len() as u64 != len {
-                        self.file.set_len(self.at + len)?;
-                    }
-                }
-                // Direct I/O refused (some file systems): the page cache from here.
+                Ok(()) => written = true,
+                // Direct I/O refused (some file systems, or a short write that
+                // left an unaligned rest): the page cache from here, this chunk
+                // whole again.
                 Err(e) if e.raw_os_error() == Some(libc::EINVAL) => {
                     self.file = std::fs::OpenOptions::new().write(true).open(&self.path)?;
-                    self.direct = false;
+                    self.direct.store(false, Ordering::Relaxed);
                 }
                 Err(e) => return Err(e),
             }
@@ -161,6 +177,11 @@ impl ChunkWriter {
             start_writeback(&self.file, self.at, len);
         }
         self.at += len;
+        if last {
+            // Nothing past the data: not the padding, nor a direct write's
+            // padded bytes before a fallback.
+            self.file.set_len(self.at)?;
+        }
         Ok(())
     }
 }
@@ -176,7 +197,17 @@ struct AlignedBuf {
 }
 
 impl AlignedBuf {
+    /// A placeholder with no room, while a chunk is handed over.
+    fn none() -> AlignedBuf {
+        AlignedBuf {
+            mem: Vec::new(),
+            start: 0,
+            len: 0,
+        }
+    }
+
     fn new(cap: usize) -> AlignedBuf {
+        debug_assert!(cap.is_multiple_of(DIRECT_ALIGN), "whole blocks");
         let mem = vec![0u8; cap + DIRECT_ALIGN];
         let addr = mem.as_ptr() as usize;
         let start = (DIRECT_ALIGN - addr % DIRECT_ALIGN) % DIRECT_ALIGN;
@@ -184,7 +215,7 @@ impl AlignedBuf {
     }
 
     fn room(&self) -> usize {
-        self.mem.len() - DIRECT_ALIGN - self.len
+        self.mem.len().saturating_sub(DIRECT_ALIGN + self.len)
     }
 
     fn push(&mut self, data: &[u8]) {
@@ -212,19 +243,21 @@ impl Aside {
         if self.buf.len == 0 && !last {
             return Ok(());
         }
-        let next = match self.back.try_recv() {
-            Ok(mut b) => {
-                b.len = 0;
-                b
-            }
-            Err(_) => AlignedBuf::new(self.cap),
-        };
-        let chunk = std::mem::replace(&mut self.buf, next);
+        let chunk = std::mem::replace(&mut self.buf, AlignedBuf::none());
         let sent = self
             .tx
             .as_ref()
             .is_some_and(|tx| tx.send((chunk, last)).is_ok());
         if sent {
+            // A buffer back from the hashing thread if one is (sent first: the
+            // chunks in memory stay at five).
+            self.buf = match self.back.try_recv() {
+                Ok(mut b) => {
+                    b.len = 0;
+                    b
+                }
+                Err(_) => AlignedBuf::new(self.cap),
+            };
             return Ok(());
         }
         // The writing thread stopped: its error.
@@ -314,10 +347,11 @@ impl HashingFile {
                 hasher
             })
             .map_err(|e| Error::io("start a thread for", path, e))?;
+        let direct = Arc::new(AtomicBool::new(direct));
         let mut w = ChunkWriter {
             file,
             path: path.to_path_buf(),
-            direct,
+            direct: direct.clone(),
             at: 0,
         };
         let writer = std::thread::Builder::new()
@@ -340,6 +374,7 @@ impl HashingFile {
                 back,
                 writer: Some(writer),
                 hasher: Some(hasher),
+                direct,
             }),
             bytes: 0,
             path: path.to_path_buf(),
@@ -364,6 +399,15 @@ impl HashingFile {
                 a.flush_chunk(true)
                     .map_err(|e| Error::io("write", &path, e))?;
                 let file = a.join_writer().map_err(|e| Error::io("write", &path, e))?;
+                tracing::debug!(
+                    "{} written {}",
+                    path.display(),
+                    if a.direct.load(Ordering::Relaxed) {
+                        "directly"
+                    } else {
+                        "through the page cache"
+                    }
+                );
                 let hasher =
                     a.hasher.take().and_then(|w| w.join().ok()).ok_or_else(|| {
                         Error::Internal(format!("hashing {} failed", path.display()))
@@ -471,11 +515,20 @@ mod tests {
     #[test]
     fn hashing_aside_matches_a_fresh_hash() {
         let dir = tempfile::tempdir().unwrap();
+        // Whether this file system takes direct writes (tmpfs, some overlays do not).
+        let direct_io_works = {
+            use std::os::unix::fs::FileExt;
+            let (f, direct) = create_direct(&dir.path().join("probe"), true).unwrap();
+            let mut block = AlignedBuf::new(DIRECT_ALIGN);
+            block.push(&[7; DIRECT_ALIGN]);
+            direct && f.write_all_at(block.bytes(), 0).is_ok()
+        };
         for len in [
             0,
             1,
             ASIDE_CHUNK - 1,
             ASIDE_CHUNK,
+            ASIDE_CHUNK + DIRECT_ALIGN,
             ASIDE_CHUNK + 1,
             3 * ASIDE_CHUNK + 77,
         ] {
@@ -483,7 +536,10 @@ mod tests {
             for direct in [true, false] {
                 let p = dir.path().join(format!("x{len}-{direct}"));
                 let mut w = HashingFile::create_aside(&p, direct).unwrap();
-                assert!(matches!(w.hashing, Hashing::Aside(_)));
+                let Hashing::Aside(a) = &w.hashing else {
+                    unreachable!()
+                };
+                let written_directly = a.direct.clone();
                 let mut rest = &data[..];
                 let mut step = 1;
                 while !rest.is_empty() {
@@ -496,6 +552,12 @@ mod tests {
                 assert_eq!(bytes, len as u64);
                 assert_eq!(std::fs::read(&p).unwrap(), data);
                 assert_eq!(sha, sha256_file(&p).unwrap(), "{len} bytes");
+                // Directly to the end where the file system takes direct I/O.
+                assert_eq!(
+                    written_directly.load(Ordering::Relaxed),
+                    direct && direct_io_works,
+                    "{len} bytes, direct asked: {direct}"
+                );
             }
         }
     }
