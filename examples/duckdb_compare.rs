@@ -6,12 +6,12 @@
 //! `cargo build --release --example duckdb_compare && target/release/examples/duckdb_compare [N] [THREADS] [RUNS]`
 //!
 //! N records (default 500,000) of the simulator's mixed-typing credit dataset are
-//! written as NDJSON into a temp dir. jdop's path is timed from reading that file to
-//! the closed Parquet file, as `WriteJob::parquet` in src/export.rs does it: lines
-//! grouped into pages of 200 records (`[r1,r2,...]`, the spooled form), the schema
-//! inferred per page on rayon and merged in page order, groups of 8 pages decoded
-//! on rayon in windows of `8 x THREADS x 2` pages (kept in order), and written by
-//! `ParquetSink` (which also hashes the file and syncs it). jdop runs at zstd 1 and
+//! written as NDJSON into a temp dir. jdop's path is timed from opening that file to
+//! the closed, hashed and synced Parquet file: a reader thread maps the file and
+//! groups its lines into pages of 200 records (`[r1,r2,...]`, the spooled form),
+//! which `jdop::export::pages_to_parquet`, the exporter's own path, consumes as they
+//! come (pages spooled and inferred on rayon, row groups encoded as soon as their
+//! pages are in, the file assembled). jdop runs at zstd 1 and
 //! 3; DuckDB (from PyPI: `pip install duckdb`) runs at its default zstd level (3)
 //! and, for reference, at level 1 and with `read_json(..., sample_size=-1)` (schema
 //! from every record, as jdop), with `SET threads=THREADS` (default 2) inside Python
