@@ -113,7 +113,6 @@ enum Hashing {
 /// wait for.
 struct Aside {
     buf: AlignedBuf,
-    cap: usize,
     /// Chunks to the writing thread (`true`: the file's last).
     tx: Option<std::sync::mpsc::SyncSender<(AlignedBuf, bool)>>,
     /// Buffers the hashing thread is done with.
@@ -142,7 +141,7 @@ impl Drop for Aside {
 struct ChunkWriter {
     file: File,
     path: PathBuf,
-    /// Shared with [`Aside`] (tests look at it).
+    /// Shared with [`Aside`], which logs it.
     direct: Arc<AtomicBool>,
     /// Bytes written to `file` so far.
     at: u64,
@@ -256,7 +255,7 @@ impl Aside {
                     b.len = 0;
                     b
                 }
-                Err(_) => AlignedBuf::new(self.cap),
+                Err(_) => AlignedBuf::new(ASIDE_CHUNK),
             };
             return Ok(());
         }
@@ -369,7 +368,6 @@ impl HashingFile {
         Ok(HashingFile {
             hashing: Hashing::Aside(Aside {
                 buf: AlignedBuf::new(ASIDE_CHUNK),
-                cap: ASIDE_CHUNK,
                 tx: Some(tx),
                 back,
                 writer: Some(writer),
